@@ -1,0 +1,75 @@
+// Package servercmd is `berth server`.
+package servercmd
+
+import (
+	"github.com/spf13/cobra"
+
+	"github.com/berth-io/berth/pkg/cli"
+	"github.com/berth-io/berth/pkg/datastore"
+	"github.com/berth-io/berth/pkg/server"
+)
+
+// envAliases are the k3s-style variable names that differ from BERTH_<FLAG>.
+var envAliases = map[string]string{
+	"BERTH_KUBECONFIG_OUTPUT": "write-kubeconfig",
+	"BERTH_KUBECONFIG_MODE":   "write-kubeconfig-mode",
+}
+
+// New returns the `berth server` command.
+func New() *cobra.Command {
+	cfg := &server.Config{}
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run the control plane (and, by default, a node)",
+		Long: `Run the Kubernetes control plane: kube-apiserver, kube-scheduler and
+kube-controller-manager in one process, on kine with SQLite.
+
+Flags may also come from BERTH_<FLAG> environment variables and from
+/etc/berth/config.yaml plus /etc/berth/config.yaml.d/*.yaml (keys are flag
+names). A flag on the command line wins over the environment, which wins
+over the files.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := cli.ApplyConfig(cmd, envAliases); err != nil {
+				return err
+			}
+			cli.SetDebug(cmd, cfg.Debug)
+			if err := cfg.Validate(); err != nil {
+				return err
+			}
+			if !cfg.DisableAgent {
+				cmd.PrintErrln("berth: this build runs the control plane only; the node agent is not available yet (as with --disable-agent)")
+			}
+			ctx, cancel := cli.SignalContext()
+			defer cancel()
+			return server.Run(ctx, cfg)
+		},
+	}
+	f := cmd.Flags()
+	f.SortFlags = false
+	f.StringP("config", "c", cli.DefaultConfigFile, "config file (env BERTH_CONFIG_FILE)")
+	f.BoolVar(&cfg.Debug, "debug", false, "more verbose logging (as -v=2)")
+	f.StringVarP(&cfg.DataDir, "data-dir", "d", cli.DefaultDataDir(), "folder for state: certificates, database, token")
+	f.StringVar(&cfg.ClusterCIDR, "cluster-cidr", "10.42.0.0/16", "IPv4 network for pod IPs")
+	f.StringVar(&cfg.ServiceCIDR, "service-cidr", "10.43.0.0/16", "IPv4 network for service IPs")
+	f.StringVar(&cfg.ClusterDNS, "cluster-dns", "10.43.0.10", "IPv4 address of the cluster DNS service (inside --service-cidr)")
+	f.StringVar(&cfg.ClusterDomain, "cluster-domain", "cluster.local", "cluster domain")
+	f.StringVar(&cfg.ServiceNodePortRange, "service-node-port-range", "30000-32767", "port range for NodePort services")
+	f.IntVar(&cfg.HTTPSListenPort, "https-listen-port", 6443, "public HTTPS port: the Kubernetes API and berth's endpoints")
+	f.IntVar(&cfg.APIServerPort, "apiserver-port", 6444, "loopback port of the kube-apiserver itself")
+	f.StringVar(&cfg.BindAddress, "bind-address", "0.0.0.0", "address the public HTTPS port listens on")
+	f.StringVar(&cfg.AdvertiseAddress, "advertise-address", "", "IP address the apiserver advertises to the cluster (default: the host's primary IP)")
+	f.StringSliceVar(&cfg.TLSSANs, "tls-san", nil, "extra hostnames or IPs in the serving certificate")
+	f.StringVar(&cfg.NodeName, "node-name", "", "node name (default: the hostname)")
+	f.StringVarP(&cfg.Token, "token", "t", "", "shared secret for joining nodes; a K10… token is checked against this cluster's CA")
+	f.StringVar(&cfg.TokenFile, "token-file", "", "file holding the token")
+	f.StringVarP(&cfg.WriteKubeconfig, "write-kubeconfig", "o", cli.DefaultKubeconfig, "where to write the admin kubeconfig (env BERTH_KUBECONFIG_OUTPUT)")
+	f.StringVar(&cfg.WriteKubeconfigMode, "write-kubeconfig-mode", "0600", "file mode of the admin kubeconfig (env BERTH_KUBECONFIG_MODE)")
+	f.StringArrayVar(&cfg.APIServerArgs, "kube-apiserver-arg", nil, "extra kube-apiserver flag, key=value (repeatable)")
+	f.StringArrayVar(&cfg.SchedulerArgs, "kube-scheduler-arg", nil, "extra kube-scheduler flag, key=value (repeatable)")
+	f.StringArrayVar(&cfg.ControllerManagerArgs, "kube-controller-manager-arg", nil, "extra kube-controller-manager flag, key=value (repeatable)")
+	f.BoolVar(&cfg.DisableAgent, "disable-agent", false, "run the control plane only, no node")
+	f.StringVar(&cfg.DatastoreEndpoint, "datastore-endpoint", "", "kine datastore URL (default: SQLite in <data-dir>/server/db/state.db)")
+	f.StringVar(&cfg.SQLiteSync, "sqlite-synchronous", datastore.SyncFull, "SQLite synchronous mode: FULL (an acknowledged write survives a power cut) or NORMAL (faster; the newest writes can be lost)")
+	return cmd
+}

@@ -1,0 +1,145 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	utilnet "k8s.io/apimachinery/pkg/util/net"
+	netutils "k8s.io/utils/net"
+)
+
+// Config is the validated server configuration. Fields mirror the flags of
+// `berth server` (k3s's names); Validate fills the derived ones.
+type Config struct {
+	DataDir              string
+	ClusterCIDR          string
+	ServiceCIDR          string
+	ClusterDNS           string
+	ClusterDomain        string
+	ServiceNodePortRange string
+	HTTPSListenPort      int
+	APIServerPort        int
+	BindAddress          string
+	AdvertiseAddress     string
+	TLSSANs              []string
+	NodeName             string
+	Token                string
+	TokenFile            string
+	WriteKubeconfig      string
+	WriteKubeconfigMode  string
+	APIServerArgs        []string
+	SchedulerArgs        []string
+	ControllerManagerArgs []string
+	DisableAgent         bool
+	DatastoreEndpoint    string
+	// SQLiteSync is FULL (default, durable) or NORMAL.
+	SQLiteSync string
+	Debug      bool
+
+	// Derived by Validate.
+	clusterNet, serviceNet *net.IPNet
+	advertiseIP            net.IP
+	kubeconfigMode         os.FileMode
+}
+
+// Validate checks the configuration and derives the values the components
+// need. Each error names the flag to fix.
+func (c *Config) Validate() error {
+	var errs []error
+	var err error
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("--data-dir must not be empty"))
+	} else if c.DataDir, err = filepath.Abs(c.DataDir); err != nil {
+		errs = append(errs, fmt.Errorf("--data-dir: %w", err))
+	}
+	if _, c.clusterNet, err = net.ParseCIDR(c.ClusterCIDR); err != nil {
+		errs = append(errs, fmt.Errorf("--cluster-cidr %q is not a valid CIDR (example: 10.42.0.0/16)", c.ClusterCIDR))
+	}
+	if _, c.serviceNet, err = net.ParseCIDR(c.ServiceCIDR); err != nil {
+		errs = append(errs, fmt.Errorf("--service-cidr %q is not a valid CIDR (example: 10.43.0.0/16)", c.ServiceCIDR))
+	}
+	if c.clusterNet != nil && c.serviceNet != nil &&
+		(c.clusterNet.Contains(c.serviceNet.IP) || c.serviceNet.Contains(c.clusterNet.IP)) {
+		errs = append(errs, fmt.Errorf("--cluster-cidr %s and --service-cidr %s overlap; pod and service addresses must be distinct", c.ClusterCIDR, c.ServiceCIDR))
+	}
+	if dns := net.ParseIP(c.ClusterDNS); dns == nil {
+		errs = append(errs, fmt.Errorf("--cluster-dns %q is not an IP address", c.ClusterDNS))
+	} else if c.serviceNet != nil && !c.serviceNet.Contains(dns) {
+		errs = append(errs, fmt.Errorf("--cluster-dns %s is outside --service-cidr %s", c.ClusterDNS, c.ServiceCIDR))
+	}
+	if c.ClusterDomain == "" || strings.ContainsAny(c.ClusterDomain, " /") {
+		errs = append(errs, fmt.Errorf("--cluster-domain %q is not a valid domain", c.ClusterDomain))
+	}
+	if _, err := utilnet.ParsePortRange(c.ServiceNodePortRange); err != nil {
+		errs = append(errs, fmt.Errorf("--service-node-port-range %q: %v", c.ServiceNodePortRange, err))
+	}
+	for _, p := range []struct {
+		flag string
+		v    int
+	}{{"--https-listen-port", c.HTTPSListenPort}, {"--apiserver-port", c.APIServerPort}} {
+		if p.v < 1 || p.v > 65535 {
+			errs = append(errs, fmt.Errorf("%s %d is not a valid port", p.flag, p.v))
+		}
+	}
+	if c.HTTPSListenPort == c.APIServerPort {
+		errs = append(errs, fmt.Errorf("--https-listen-port and --apiserver-port are both %d", c.APIServerPort))
+	}
+	if net.ParseIP(c.BindAddress) == nil {
+		errs = append(errs, fmt.Errorf("--bind-address %q is not an IP address", c.BindAddress))
+	}
+	if c.AdvertiseAddress != "" {
+		if c.advertiseIP = net.ParseIP(c.AdvertiseAddress); c.advertiseIP == nil {
+			errs = append(errs, fmt.Errorf("--advertise-address %q is not an IP address", c.AdvertiseAddress))
+		}
+	} else if ip, err := utilnet.ChooseHostInterface(); err == nil {
+		c.advertiseIP = ip
+	} else {
+		errs = append(errs, fmt.Errorf("cannot find this host's IP address (%v); set --advertise-address", err))
+	}
+	if c.advertiseIP != nil && c.advertiseIP.IsLoopback() {
+		errs = append(errs, fmt.Errorf("--advertise-address %s is a loopback address; the apiserver needs an address other nodes and pods can reach", c.advertiseIP))
+	}
+	if c.Token != "" && c.TokenFile != "" {
+		errs = append(errs, errors.New("--token and --token-file are mutually exclusive"))
+	}
+	mode, err := strconv.ParseUint(strings.TrimPrefix(c.WriteKubeconfigMode, "0o"), 8, 32)
+	if err != nil || mode > 0o777 {
+		errs = append(errs, fmt.Errorf("--write-kubeconfig-mode %q is not an octal file mode (example: 0600)", c.WriteKubeconfigMode))
+	}
+	c.kubeconfigMode = os.FileMode(mode)
+	if c.NodeName == "" {
+		if h, err := os.Hostname(); err == nil {
+			c.NodeName = strings.ToLower(h)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ServerDir is <data-dir>/server.
+func (c *Config) ServerDir() string { return filepath.Join(c.DataDir, "server") }
+
+// TLSDir is where the PKI lives.
+func (c *Config) TLSDir() string { return filepath.Join(c.ServerDir(), "tls") }
+
+// CredDir holds the components' kubeconfigs.
+func (c *Config) CredDir() string { return filepath.Join(c.ServerDir(), "cred") }
+
+// firstServiceIP is the kubernetes Service's ClusterIP.
+func (c *Config) firstServiceIP() (net.IP, error) {
+	return netutils.GetIndexedIP(c.serviceNet, 1)
+}
+
+// supervisorAddress is where the public listener binds.
+func (c *Config) supervisorAddress() string {
+	return net.JoinHostPort(c.BindAddress, strconv.Itoa(c.HTTPSListenPort))
+}
+
+// apiserverAddress is the apiserver's loopback address.
+func (c *Config) apiserverAddress() string {
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(c.APIServerPort))
+}

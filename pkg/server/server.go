@@ -1,0 +1,324 @@
+// Package server assembles a berth server: PKI, token, kubeconfigs and the
+// control-plane components, run by one component manager.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/berth-io/berth/pkg/component"
+	"github.com/berth-io/berth/pkg/control"
+	"github.com/berth-io/berth/pkg/datastore"
+	"github.com/berth-io/berth/pkg/kubeconfig"
+	"github.com/berth-io/berth/pkg/pki"
+	"github.com/berth-io/berth/pkg/supervisor"
+	"github.com/berth-io/berth/pkg/token"
+)
+
+// StopTimeout bounds how long each component may take to stop.
+const StopTimeout = 5 * time.Second
+
+// Server is a prepared berth server.
+type Server struct {
+	cfg     *Config
+	files   *pki.Files
+	manager *component.Manager
+	unlock  func()
+}
+
+// Run starts the server and blocks until ctx ends (clean stop: nil) or a
+// component fails (its name is in the error).
+func Run(ctx context.Context, cfg *Config) error {
+	t0 := time.Now()
+	s := &Server{cfg: cfg}
+	if err := s.prepare(); err != nil {
+		return err
+	}
+	defer s.unlock()
+	if err := s.manager.Start(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil // interrupted while starting
+		}
+		return err
+	}
+	if err := s.writeUserKubeconfig(); err != nil {
+		_ = s.manager.Stop(StopTimeout)
+		return err
+	}
+	klog.Infof("berth server is ready in %s; admin kubeconfig written to %s (try: berth kubectl get nodes)",
+		time.Since(t0).Round(time.Millisecond), cfg.WriteKubeconfig)
+	var runErr error
+	select {
+	case <-ctx.Done():
+		klog.Info("stopping berth server")
+	case runErr = <-s.manager.Failed():
+		klog.Errorf("%v; stopping berth server", runErr)
+	}
+	if err := s.manager.Stop(StopTimeout); err != nil {
+		// A component that does not stop in time is abandoned: the process
+		// is about to exit, and the datastore was stopped last.
+		klog.Warningf("while stopping: %v", err)
+	}
+	return runErr
+}
+
+func (s *Server) prepare() error {
+	cfg := s.cfg
+	if err := ensureWritableDir(cfg.ServerDir()); err != nil {
+		return err
+	}
+	unlock, err := lockDataDir(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	s.unlock = unlock
+	if err := s.ensureCredentials(); err != nil {
+		unlock()
+		return err
+	}
+	if err := s.buildComponents(); err != nil {
+		unlock()
+		return err
+	}
+	return nil
+}
+
+// ensureWritableDir creates dir (0700) and proves it is writable, so a
+// read-only or full data dir is reported by path before anything starts.
+func ensureWritableDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("data dir %s is not usable: %w", dir, err)
+	}
+	f, err := os.CreateTemp(dir, ".write-test-*")
+	if err != nil {
+		return fmt.Errorf("data dir %s is not writable: %w", dir, err)
+	}
+	name := f.Name()
+	_, werr := f.Write([]byte("ok"))
+	cerr := f.Close()
+	os.Remove(name)
+	if werr != nil || cerr != nil {
+		return fmt.Errorf("data dir %s is not writable: %w", dir, errors.Join(werr, cerr))
+	}
+	return nil
+}
+
+func (s *Server) ensureCredentials() error {
+	cfg := s.cfg
+	serviceIP, err := cfg.firstServiceIP()
+	if err != nil {
+		return fmt.Errorf("--service-cidr: %w", err)
+	}
+	ips := []net.IP{cfg.advertiseIP}
+	if bind := net.ParseIP(cfg.BindAddress); bind != nil && !bind.IsUnspecified() {
+		ips = append(ips, bind)
+	}
+	files, err := pki.Ensure(pki.Config{
+		Dir:           cfg.TLSDir(),
+		ClusterDomain: cfg.ClusterDomain,
+		ServiceIP:     serviceIP,
+		IPs:           ips,
+		SANs:          cfg.TLSSANs,
+	})
+	if err != nil {
+		return fmt.Errorf("certificates: %w", err)
+	}
+	s.files = files
+
+	secret := cfg.Token
+	if cfg.TokenFile != "" {
+		b, err := os.ReadFile(cfg.TokenFile)
+		if err != nil {
+			return fmt.Errorf("--token-file: %w", err)
+		}
+		secret = strings.TrimSpace(string(b))
+		if secret == "" {
+			return fmt.Errorf("--token-file %s is empty", cfg.TokenFile)
+		}
+	}
+	caPEM, err := os.ReadFile(files.ServerCA.Cert)
+	if err != nil {
+		return err
+	}
+	tokenPath := filepath.Join(cfg.ServerDir(), "token")
+	if _, err := token.EnsureServerToken(tokenPath, caPEM, files.ServerCA.Cert, secret); err != nil {
+		return fmt.Errorf("server token: %w", err)
+	}
+	// node-token is k3s's historic name for the same file.
+	nodeToken := filepath.Join(cfg.ServerDir(), "node-token")
+	if _, err := os.Lstat(nodeToken); errors.Is(err, os.ErrNotExist) {
+		if err := os.Symlink("token", nodeToken); err != nil {
+			return fmt.Errorf("link %s: %w", nodeToken, err)
+		}
+	}
+
+	if err := os.MkdirAll(cfg.CredDir(), 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", cfg.CredDir(), err)
+	}
+	local := "https://" + cfg.apiserverAddress()
+	for name, pair := range map[string]pki.Pair{
+		"admin.kubeconfig":      files.Admin,
+		"controller.kubeconfig": files.ControllerManager,
+		"scheduler.kubeconfig":  files.Scheduler,
+	} {
+		spec := kubeconfig.Spec{Server: local, CAFile: files.ServerCA.Cert, CertFile: pair.Cert, KeyFile: pair.Key}
+		if err := kubeconfig.Write(filepath.Join(cfg.CredDir(), name), spec, 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeUserKubeconfig writes the admin kubeconfig users and `berth kubectl`
+// read, pointing at the public port.
+func (s *Server) writeUserKubeconfig() error {
+	cfg := s.cfg
+	host := "127.0.0.1"
+	if bind := net.ParseIP(cfg.BindAddress); bind != nil && !bind.IsUnspecified() && !bind.IsLoopback() {
+		host = bind.String()
+	}
+	spec := kubeconfig.Spec{
+		Server:   "https://" + net.JoinHostPort(host, strconv.Itoa(cfg.HTTPSListenPort)),
+		CAFile:   s.files.ServerCA.Cert,
+		CertFile: s.files.Admin.Cert,
+		KeyFile:  s.files.Admin.Key,
+		Embed:    true,
+	}
+	if err := os.MkdirAll(filepath.Dir(cfg.WriteKubeconfig), 0o755); err != nil {
+		return fmt.Errorf("--write-kubeconfig: %w", err)
+	}
+	if err := kubeconfig.Write(cfg.WriteKubeconfig, spec, cfg.kubeconfigMode); err != nil {
+		return fmt.Errorf("--write-kubeconfig: %w", err)
+	}
+	return nil
+}
+
+func (s *Server) buildComponents() error {
+	cfg, f := s.cfg, s.files
+	kine := &datastore.Kine{Dir: cfg.ServerDir(), Endpoint: cfg.DatastoreEndpoint, Sync: cfg.SQLiteSync}
+
+	apiArgs, err := control.Args(s.apiserverDefaults(kine), cfg.APIServerArgs)
+	if err != nil {
+		return fmt.Errorf("--kube-apiserver-arg: %w", err)
+	}
+	leaderElect := strconv.FormatBool(!kine.IsSQLite())
+	schedKubeconfig := filepath.Join(cfg.CredDir(), "scheduler.kubeconfig")
+	schedArgs, err := control.Args(map[string]string{
+		"kubeconfig":                schedKubeconfig,
+		"authentication-kubeconfig": schedKubeconfig,
+		"authorization-kubeconfig":  schedKubeconfig,
+		"bind-address":              "127.0.0.1",
+		"secure-port":               "10259",
+		"profiling":                 "false",
+		"leader-elect":              leaderElect,
+	}, cfg.SchedulerArgs)
+	if err != nil {
+		return fmt.Errorf("--kube-scheduler-arg: %w", err)
+	}
+	cmKubeconfig := filepath.Join(cfg.CredDir(), "controller.kubeconfig")
+	cmArgs, err := control.Args(map[string]string{
+		"kubeconfig":                       cmKubeconfig,
+		"authentication-kubeconfig":        cmKubeconfig,
+		"authorization-kubeconfig":         cmKubeconfig,
+		"service-account-private-key-file": f.ServiceAccountKey,
+		"root-ca-file":                     f.ServerCA.Cert,
+		"cluster-signing-kube-apiserver-client-cert-file": f.ClientCA.Cert,
+		"cluster-signing-kube-apiserver-client-key-file":  f.ClientCA.Key,
+		"cluster-signing-kubelet-client-cert-file":        f.ClientCA.Cert,
+		"cluster-signing-kubelet-client-key-file":         f.ClientCA.Key,
+		"cluster-signing-kubelet-serving-cert-file":       f.ServerCA.Cert,
+		"cluster-signing-kubelet-serving-key-file":        f.ServerCA.Key,
+		"cluster-signing-legacy-unknown-cert-file":        f.ServerCA.Cert,
+		"cluster-signing-legacy-unknown-key-file":         f.ServerCA.Key,
+		"allocate-node-cidrs":              "true",
+		"cluster-cidr":                     cfg.ClusterCIDR,
+		"service-cluster-ip-range":         cfg.ServiceCIDR,
+		"use-service-account-credentials":  "true",
+		"controllers":                      "*,tokencleaner",
+		"configure-cloud-routes":           "false",
+		"bind-address":                     "127.0.0.1",
+		"secure-port":                      "10257",
+		"profiling":                        "false",
+		"leader-elect":                     leaderElect,
+	}, cfg.ControllerManagerArgs)
+	if err != nil {
+		return fmt.Errorf("--kube-controller-manager-arg: %w", err)
+	}
+
+	m := component.NewManager()
+	m.Add(
+		kine,
+		&control.APIServer{
+			Args:       apiArgs,
+			Address:    cfg.apiserverAddress(),
+			CAFile:     f.ServerCA.Cert,
+			ClientCert: f.Admin.Cert,
+			ClientKey:  f.Admin.Key,
+		},
+		&supervisor.Supervisor{
+			Address:       cfg.supervisorAddress(),
+			Backend:       "https://" + cfg.apiserverAddress(),
+			ServerCAFile:  f.ServerCA.Cert,
+			ClientCAFile:  f.ClientCA.Cert,
+			CertFile:      f.Serving.Cert,
+			KeyFile:       f.Serving.Key,
+			ProxyCertFile: f.AuthProxy.Cert,
+			ProxyKeyFile:  f.AuthProxy.Key,
+		},
+		&control.ControllerManager{Args: cmArgs},
+		&control.Scheduler{Args: schedArgs},
+	)
+	s.manager = m
+	return nil
+}
+
+// apiserverDefaults are the kube-apiserver arguments of a careful
+// distribution: no anonymous access, Node+RBAC, NodeRestriction, loopback
+// only, and the request-header front proxy the supervisor relies on.
+func (s *Server) apiserverDefaults(kine *datastore.Kine) map[string]string {
+	cfg, f := s.cfg, s.files
+	issuer := "https://kubernetes.default.svc." + cfg.ClusterDomain
+	return map[string]string{
+		"advertise-address":                  cfg.advertiseIP.String(),
+		"bind-address":                       "127.0.0.1",
+		"secure-port":                        strconv.Itoa(cfg.APIServerPort),
+		"etcd-servers":                       kine.EtcdServers(),
+		"storage-backend":                    "etcd3",
+		"service-cluster-ip-range":           cfg.ServiceCIDR,
+		"service-node-port-range":            cfg.ServiceNodePortRange,
+		"allow-privileged":                   "true",
+		"anonymous-auth":                     "false",
+		"authorization-mode":                 "Node,RBAC",
+		"enable-admission-plugins":           "NodeRestriction",
+		"enable-bootstrap-token-auth":        "true",
+		"profiling":                          "false",
+		"client-ca-file":                     f.ClientCA.Cert,
+		"tls-cert-file":                      f.Serving.Cert,
+		"tls-private-key-file":               f.Serving.Key,
+		"cert-dir":                           filepath.Join(cfg.TLSDir(), "temporary-certs"),
+		"kubelet-certificate-authority":      f.ServerCA.Cert,
+		"kubelet-client-certificate":         f.KubeletClient.Cert,
+		"kubelet-client-key":                 f.KubeletClient.Key,
+		"kubelet-preferred-address-types":    "InternalIP,ExternalIP,Hostname",
+		"proxy-client-cert-file":             f.AuthProxy.Cert,
+		"proxy-client-key-file":              f.AuthProxy.Key,
+		"requestheader-client-ca-file":       f.RequestHeaderCA.Cert,
+		"requestheader-allowed-names":        "system:auth-proxy",
+		"requestheader-username-headers":     "X-Remote-User",
+		"requestheader-group-headers":        "X-Remote-Group",
+		"requestheader-extra-headers-prefix": "X-Remote-Extra-",
+		"service-account-issuer":             issuer,
+		"api-audiences":                      issuer + ",berth",
+		"service-account-key-file":           f.ServiceAccountPub,
+		"service-account-signing-key-file":   f.ServiceAccountKey,
+	}
+}
