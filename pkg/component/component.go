@@ -109,10 +109,7 @@ func (m *Manager) watch(c Component) {
 		return
 	}
 	go func() {
-		err, ok := <-f.Failed()
-		if !ok && err == nil {
-			err = errors.New("exited")
-		}
+		err := <-f.Failed()
 		if err == nil {
 			err = errors.New("exited")
 		}
@@ -211,8 +208,11 @@ func (r *Runner) Stop(ctx context.Context) error {
 	r.cancel()
 	select {
 	case <-r.done:
+		// Upstream Run functions return odd errors once cancelled (the
+		// scheduler: "finished without leader elect"); a stop we asked for
+		// is a clean stop.
 		if r.err != nil && !errors.Is(r.err, context.Canceled) {
-			return r.err
+			klog.V(2).Infof("%s returned after stop: %v", r.name, r.err)
 		}
 		return nil
 	case <-ctx.Done():

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/k3s-io/kine/pkg/drivers/generic"
 	"github.com/k3s-io/kine/pkg/endpoint"
 	sqlite3 "github.com/mattn/go-sqlite3"
 )
@@ -183,9 +184,17 @@ func (k *Kine) Start(context.Context) error {
 		Listener:  "unix://" + k.SocketPath(),
 		Endpoint:  ep,
 		WaitGroup: k.wg,
-		// The apiserver drives compaction, as with etcd.
-		CompactInterval: 0,
-		NotifyInterval:  5 * time.Second,
+		// kine's own command-line defaults (its Config zero values are
+		// not usable). The apiserver drives compaction, as with etcd.
+		ConnectionPoolConfig: generic.ConnectionPoolConfig{MaxIdle: 20, MaxIdleTime: 2 * time.Minute},
+		NotifyInterval:       5 * time.Second,
+		EmulatedETCDVersion:  "3.6.11",
+		CompactInterval:      0,
+		CompactTimeout:       5 * time.Second,
+		CompactMinRetain:     1000,
+		CompactBatchSize:     1000,
+		PollBatchSize:        500,
+		PollInterval:         time.Second,
 	}
 	etcd, err := endpoint.Listen(ctx, cfg)
 	if err != nil {

@@ -14,9 +14,9 @@ import (
 
 // Spec describes one kubeconfig with a client certificate.
 type Spec struct {
-	Server             string // https://127.0.0.1:6443
-	CAFile             string
-	CertFile, KeyFile  string
+	Server            string // https://127.0.0.1:6443
+	CAFile            string
+	CertFile, KeyFile string
 	// Embed puts the certificate data in the file (for users, who may copy
 	// it elsewhere) instead of referencing the files (for components).
 	Embed bool

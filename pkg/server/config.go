@@ -16,27 +16,27 @@ import (
 // Config is the validated server configuration. Fields mirror the flags of
 // `berth server` (k3s's names); Validate fills the derived ones.
 type Config struct {
-	DataDir              string
-	ClusterCIDR          string
-	ServiceCIDR          string
-	ClusterDNS           string
-	ClusterDomain        string
-	ServiceNodePortRange string
-	HTTPSListenPort      int
-	APIServerPort        int
-	BindAddress          string
-	AdvertiseAddress     string
-	TLSSANs              []string
-	NodeName             string
-	Token                string
-	TokenFile            string
-	WriteKubeconfig      string
-	WriteKubeconfigMode  string
-	APIServerArgs        []string
-	SchedulerArgs        []string
+	DataDir               string
+	ClusterCIDR           string
+	ServiceCIDR           string
+	ClusterDNS            string
+	ClusterDomain         string
+	ServiceNodePortRange  string
+	HTTPSListenPort       int
+	APIServerPort         int
+	BindAddress           string
+	AdvertiseAddress      string
+	TLSSANs               []string
+	NodeName              string
+	Token                 string
+	TokenFile             string
+	WriteKubeconfig       string
+	WriteKubeconfigMode   string
+	APIServerArgs         []string
+	SchedulerArgs         []string
 	ControllerManagerArgs []string
-	DisableAgent         bool
-	DatastoreEndpoint    string
+	DisableAgent          bool
+	DatastoreEndpoint     string
 	// SQLiteSync is FULL (default, durable) or NORMAL.
 	SQLiteSync string
 	Debug      bool

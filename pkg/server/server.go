@@ -19,6 +19,7 @@ import (
 	"github.com/berth-io/berth/pkg/control"
 	"github.com/berth-io/berth/pkg/datastore"
 	"github.com/berth-io/berth/pkg/kubeconfig"
+	"github.com/berth-io/berth/pkg/memory"
 	"github.com/berth-io/berth/pkg/pki"
 	"github.com/berth-io/berth/pkg/supervisor"
 	"github.com/berth-io/berth/pkg/token"
@@ -39,6 +40,7 @@ type Server struct {
 // component fails (its name is in the error).
 func Run(ctx context.Context, cfg *Config) error {
 	t0 := time.Now()
+	memory.SetGCPercent()
 	s := &Server{cfg: cfg}
 	if err := s.prepare(); err != nil {
 		return err
@@ -56,6 +58,11 @@ func Run(ctx context.Context, cfg *Config) error {
 	}
 	klog.Infof("berth server is ready in %s; admin kubeconfig written to %s (try: berth kubectl get nodes)",
 		time.Since(t0).Round(time.Millisecond), cfg.WriteKubeconfig)
+	// Start-up is over: give back its garbage, and once more when the
+	// controllers' first sync is done.
+	memory.Trim()
+	trimLater := time.AfterFunc(30*time.Second, memory.Trim)
+	defer trimLater.Stop()
 	var runErr error
 	select {
 	case <-ctx.Done():
@@ -151,7 +158,7 @@ func (s *Server) ensureCredentials() error {
 	}
 	tokenPath := filepath.Join(cfg.ServerDir(), "token")
 	if _, err := token.EnsureServerToken(tokenPath, caPEM, files.ServerCA.Cert, secret); err != nil {
-		return fmt.Errorf("server token: %w", err)
+		return err // names the token and the CA already
 	}
 	// node-token is k3s's historic name for the same file.
 	nodeToken := filepath.Join(cfg.ServerDir(), "node-token")
@@ -226,11 +233,11 @@ func (s *Server) buildComponents() error {
 	}
 	cmKubeconfig := filepath.Join(cfg.CredDir(), "controller.kubeconfig")
 	cmArgs, err := control.Args(map[string]string{
-		"kubeconfig":                       cmKubeconfig,
-		"authentication-kubeconfig":        cmKubeconfig,
-		"authorization-kubeconfig":         cmKubeconfig,
-		"service-account-private-key-file": f.ServiceAccountKey,
-		"root-ca-file":                     f.ServerCA.Cert,
+		"kubeconfig":                                      cmKubeconfig,
+		"authentication-kubeconfig":                       cmKubeconfig,
+		"authorization-kubeconfig":                        cmKubeconfig,
+		"service-account-private-key-file":                f.ServiceAccountKey,
+		"root-ca-file":                                    f.ServerCA.Cert,
 		"cluster-signing-kube-apiserver-client-cert-file": f.ClientCA.Cert,
 		"cluster-signing-kube-apiserver-client-key-file":  f.ClientCA.Key,
 		"cluster-signing-kubelet-client-cert-file":        f.ClientCA.Cert,
@@ -239,16 +246,16 @@ func (s *Server) buildComponents() error {
 		"cluster-signing-kubelet-serving-key-file":        f.ServerCA.Key,
 		"cluster-signing-legacy-unknown-cert-file":        f.ServerCA.Cert,
 		"cluster-signing-legacy-unknown-key-file":         f.ServerCA.Key,
-		"allocate-node-cidrs":              "true",
-		"cluster-cidr":                     cfg.ClusterCIDR,
-		"service-cluster-ip-range":         cfg.ServiceCIDR,
-		"use-service-account-credentials":  "true",
-		"controllers":                      "*,tokencleaner",
-		"configure-cloud-routes":           "false",
-		"bind-address":                     "127.0.0.1",
-		"secure-port":                      "10257",
-		"profiling":                        "false",
-		"leader-elect":                     leaderElect,
+		"allocate-node-cidrs":                             "true",
+		"cluster-cidr":                                    cfg.ClusterCIDR,
+		"service-cluster-ip-range":                        cfg.ServiceCIDR,
+		"use-service-account-credentials":                 "true",
+		"controllers":                                     "*,tokencleaner",
+		"configure-cloud-routes":                          "false",
+		"bind-address":                                    "127.0.0.1",
+		"secure-port":                                     "10257",
+		"profiling":                                       "false",
+		"leader-elect":                                    leaderElect,
 	}, cfg.ControllerManagerArgs)
 	if err != nil {
 		return fmt.Errorf("--kube-controller-manager-arg: %w", err)
