@@ -7,18 +7,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"time"
 
 	utilerrors "k8s.io/apimachinery/pkg/util/errors"
 	"k8s.io/client-go/rest"
-	"k8s.io/klog/v2"
 	"k8s.io/kubernetes/cmd/kube-apiserver/app"
 	"k8s.io/kubernetes/cmd/kube-apiserver/app/options"
 
 	"github.com/berth-io/berth/pkg/component"
+	"github.com/berth-io/berth/pkg/ports"
 )
 
 // APIServer runs kube-apiserver in-process.
@@ -46,7 +45,7 @@ func (a *APIServer) Prepare(context.Context) error {
 	if err := parse("kube-apiserver", nfs.FlagSets, nfs.Order, a.Args); err != nil {
 		return err
 	}
-	return CheckPortFree(a.Address)
+	return ports.CheckFree(a.Address)
 }
 
 func (a *APIServer) Start(ctx context.Context) error {
@@ -126,20 +125,4 @@ func (a *APIServer) Stop(ctx context.Context) error {
 		return nil
 	}
 	return a.runner.Stop(ctx)
-}
-
-// CheckPortFree fails with an error naming addr when something listens there.
-func CheckPortFree(addr string) error {
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return PortInUseError(addr, err)
-	}
-	return l.Close()
-}
-
-// PortInUseError explains a failed listen on addr.
-func PortInUseError(addr string, err error) error {
-	_, port, _ := net.SplitHostPort(addr)
-	klog.V(4).Infof("listen %s: %v", addr, err)
-	return fmt.Errorf("port %s (%s) is not available: %w; stop whatever uses it (ss -ltnp 'sport = :%s') or choose another port", port, addr, err, port)
 }

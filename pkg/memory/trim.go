@@ -19,11 +19,24 @@ import (
 // goal costs little CPU and saves about a quarter of the heap.
 const DefaultGCPercent = 50
 
-// SetGCPercent applies DefaultGCPercent unless GOGC is set.
-func SetGCPercent() {
+// StartupGCPercent lets the heap grow during start-up, which allocates
+// hundreds of MB of short-lived objects: collecting them less often shortens
+// start-up, and Trim returns the memory once start-up is over.
+const StartupGCPercent = 400
+
+// Starting applies StartupGCPercent unless GOGC is set.
+func Starting() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(StartupGCPercent)
+	}
+}
+
+// Started applies DefaultGCPercent unless GOGC is set, and trims.
+func Started() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(DefaultGCPercent)
 	}
+	Trim()
 }
 
 // Trim collects garbage and returns freed pages to the kernel.

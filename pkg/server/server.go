@@ -40,7 +40,7 @@ type Server struct {
 // component fails (its name is in the error).
 func Run(ctx context.Context, cfg *Config) error {
 	t0 := time.Now()
-	memory.SetGCPercent()
+	memory.Starting()
 	s := &Server{cfg: cfg}
 	if err := s.prepare(); err != nil {
 		return err
@@ -60,7 +60,7 @@ func Run(ctx context.Context, cfg *Config) error {
 		time.Since(t0).Round(time.Millisecond), cfg.WriteKubeconfig)
 	// Start-up is over: give back its garbage, and once more when the
 	// controllers' first sync is done.
-	memory.Trim()
+	memory.Started()
 	trimLater := time.AfterFunc(30*time.Second, memory.Trim)
 	defer trimLater.Stop()
 	var runErr error

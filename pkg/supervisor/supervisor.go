@@ -27,7 +27,7 @@ import (
 
 	"k8s.io/klog/v2"
 
-	"github.com/berth-io/berth/pkg/control"
+	"github.com/berth-io/berth/pkg/ports"
 )
 
 // Supervisor is the component serving the public port.
@@ -60,7 +60,7 @@ func (s *Supervisor) Name() string { return "supervisor" }
 func (s *Supervisor) Prepare(context.Context) error {
 	l, err := net.Listen("tcp", s.Address)
 	if err != nil {
-		return control.PortInUseError(s.Address, err)
+		return ports.InUseError(s.Address, err)
 	}
 	s.listener = l
 	return nil

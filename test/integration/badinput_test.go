@@ -35,9 +35,11 @@ func TestBadInput(t *testing.T) {
 			want:  []string{"--cluster-cidr", `"10.42.0.0/33" is not a valid CIDR`},
 		},
 		{
-			name:  "overlapping cluster and service CIDRs",
-			setup: func(t *testing.T, s *server) { s.extra = []string{"--cluster-cidr", "10.42.0.0/16", "--service-cidr", "10.42.128.0/20"} },
-			want:  []string{"--cluster-cidr 10.42.0.0/16 and --service-cidr 10.42.128.0/20 overlap"},
+			name: "overlapping cluster and service CIDRs",
+			setup: func(t *testing.T, s *server) {
+				s.extra = []string{"--cluster-cidr", "10.42.0.0/16", "--service-cidr", "10.42.128.0/20"}
+			},
+			want: []string{"--cluster-cidr 10.42.0.0/16 and --service-cidr 10.42.128.0/20 overlap"},
 		},
 		{
 			name:  "bad value in config file",
@@ -88,9 +90,11 @@ func TestBadInput(t *testing.T) {
 			want: []string{"state.db is unusable", "not an SQLite database", "has not changed the file"},
 		},
 		{
-			name:  "corrupt SQLite database",
-			setup: func(t *testing.T, s *server) { corruptDatabase(t, filepath.Join(s.dataDir, "server", "db", "state.db")) },
-			want:  []string{"state.db is unusable", "has not changed the file"},
+			name: "corrupt SQLite database",
+			setup: func(t *testing.T, s *server) {
+				corruptDatabase(t, filepath.Join(s.dataDir, "server", "db", "state.db"))
+			},
+			want: []string{"state.db is unusable", "has not changed the file"},
 		},
 		{
 			name: "token file for another cluster CA",

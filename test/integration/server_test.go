@@ -28,7 +28,8 @@ import (
 // every object kept.
 func TestServerLifecycle(t *testing.T) {
 	s := newServer(t)
-	s.configYAML = "tls-san:\n  - berth-test.example\nno-such-key: 1\n"
+	const secret = "s3cret-never-logged"
+	s.configYAML = "tls-san:\n  - berth-test.example\nno-such-key: 1\ntoken: " + secret + "\n"
 	s.env = []string{"BERTH_KUBECONFIG_MODE=0640"}
 	s.start()
 	cs := s.waitReady(60 * time.Second)
@@ -70,8 +71,11 @@ func TestServerLifecycle(t *testing.T) {
 			}
 		}
 		tok, err := os.ReadFile(filepath.Join(s.dataDir, "server", "token"))
-		if err != nil || !strings.HasPrefix(string(tok), "K10") || !strings.Contains(string(tok), "::server:") {
-			t.Errorf("server token %q (%v) is not K10<hash>::server:<secret>", tok, err)
+		if err != nil || !strings.HasPrefix(string(tok), "K10") || strings.TrimSpace(string(tok))[67:] != "::server:"+secret {
+			t.Errorf("server token %q (%v) is not K10<hash>::server:<the --token secret>", tok, err)
+		}
+		if strings.Contains(s.out.String(), secret) {
+			t.Errorf("the token secret appears in berth's log")
 		}
 	})
 
@@ -146,9 +150,18 @@ func TestServerLifecycle(t *testing.T) {
 		}
 	})
 
+	caBefore, _ := os.ReadFile(filepath.Join(s.dataDir, "server", "tls", "server-ca.crt"))
 	t.Run("restart keeps every object and resourceVersions grow", func(t *testing.T) {
+		s.configYAML += "tls-san+:\n  - added-later.example\n"
 		s.start()
 		cs := s.waitReady(60 * time.Second)
+		if cert := servingCert(t, s.httpsPort, nil); !contains(cert.DNSNames, "added-later.example") ||
+			!contains(cert.DNSNames, "berth-test.example") {
+			t.Errorf("serving cert not re-issued for the new --tls-san: %v", cert.DNSNames)
+		}
+		if caAfter, _ := os.ReadFile(filepath.Join(s.dataDir, "server", "tls", "server-ca.crt")); string(caAfter) != string(caBefore) {
+			t.Errorf("the server CA changed across a restart")
+		}
 		after := snapshot(t, cs)
 		for key, rv := range before.rvs {
 			got, ok := after.rvs[key]
