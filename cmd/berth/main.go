@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/spf13/pflag"
+
 	"github.com/berth-io/berth/pkg/cli"
 	"github.com/berth-io/berth/pkg/cli/servercmd"
 	"github.com/berth-io/berth/pkg/datastore"
@@ -13,6 +15,10 @@ import (
 )
 
 func main() {
+	// Upstream packages register flags on pflag.CommandLine at init (the
+	// component-base --version flag among them) and cobra merges that set
+	// into every command; berth's commands define their own flags only.
+	pflag.CommandLine = pflag.NewFlagSet(os.Args[0], pflag.ContinueOnError)
 	logging.RouteLogrus()
 	switch filepath.Base(os.Args[0]) {
 	case "kubectl":

@@ -20,6 +20,19 @@ func TestVersion(t *testing.T) {
 	}
 }
 
+// --version is the root command's; on a subcommand it must not fall
+// through to running that command.
+func TestSubcommandVersionFlagDoesNotRun(t *testing.T) {
+	s := newServer(t)
+	if err := os.WriteFile(s.configPath(), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out := runBerth(t, 30*time.Second, append(s.args(), "--version")...)
+	if code == 0 || strings.Contains(out, "Creating server CA") {
+		t.Errorf("berth server --version ran the server (exit %d):\n%s", code, tail(out, 5))
+	}
+}
+
 // A kubectl symlink to berth is kubectl (multi-call by argv[0]).
 func TestKubectlMultiCall(t *testing.T) {
 	link := filepath.Join(t.TempDir(), "kubectl")

@@ -226,8 +226,9 @@ func benchMemory(root string) error {
 		return err
 	}
 	mb := func(kb int) float64 { return float64(kb) / 1024 }
-	fmt.Printf("server after %s idle: RSS %.0f MiB, PSS %.0f MiB (anon %.0f, file %.0f)  targets RSS ≤ 300 MB, PSS ≤ 220 MB\n",
-		idle.String(), mb(m["Rss"]), mb(m["Pss"]), mb(m["Pss_Anon"]), mb(m["Pss_File"]))
+	dec := func(kb int) float64 { return float64(kb) * 1024 / 1e6 }
+	fmt.Printf("server after %s idle: RSS %.0f MiB (%.0f MB), PSS %.0f MiB (%.0f MB; anon %.0f MiB, file %.0f MiB)  targets RSS ≤ 300 MB, PSS ≤ 220 MB\n",
+		idle.String(), mb(m["Rss"]), dec(m["Rss"]), mb(m["Pss"]), dec(m["Pss"]), mb(m["Pss_Anon"]), mb(m["Pss_File"]))
 	fmt.Printf("server idle CPU over the last 30 s: %.2f %% of a core\n", float64(c1-c0)/100/30*100)
 	return nil
 }
