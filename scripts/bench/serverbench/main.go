@@ -256,7 +256,16 @@ func benchWrites(root string) error {
 			p.stop()
 			return err
 		}
-		cfg, err := clientcmd.BuildConfigFromFlags("", filepath.Join(dir, "admin.yaml"))
+		// The admin kubeconfig is written once every component is ready,
+		// a moment after /readyz first answers.
+		kc := filepath.Join(dir, "admin.yaml")
+		for i := 0; i < 300; i++ {
+			if _, err := os.Stat(kc); err == nil {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		cfg, err := clientcmd.BuildConfigFromFlags("", kc)
 		if err != nil {
 			p.stop()
 			return err
