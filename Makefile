@@ -65,3 +65,6 @@ run: build
 
 clean:
 	rm -rf $(BIN) dist
+
+# Feature makefiles (helper binaries, images, …) live in mk/.
+-include mk/*.mk
