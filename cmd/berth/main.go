@@ -28,6 +28,7 @@ func main() {
 		map[string]string{"sqlite": datastore.SQLiteVersion()},
 		servercmd.New(),
 		cli.NewKubectl(),
+		cli.NewCheckConfig(),
 	)
 	cli.Main(root)
 }

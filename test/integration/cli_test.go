@@ -2,6 +2,7 @@ package integration
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -50,5 +51,30 @@ func TestKubectlMultiCall(t *testing.T) {
 	code, out = runBerth(t, 30*time.Second, "kubectl", "version", "--client")
 	if code != 0 || !strings.Contains(out, "Client Version: v1.36.3") {
 		t.Errorf("berth kubectl: exit %d\n%s", code, out)
+	}
+}
+
+func TestCheckConfigPassesHere(t *testing.T) {
+	code, out := runBerth(t, 30*time.Second, "check-config", "--data-dir", t.TempDir())
+	if code != 0 || !strings.Contains(out, "verdict: PASS") {
+		t.Errorf("check-config on this host: exit %d\n%s", code, out)
+	}
+}
+
+func TestCheckConfigFailsWithoutIptables(t *testing.T) {
+	bin := t.TempDir()
+	if err := os.WriteFile(filepath.Join(bin, "mount"), []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctxCmd := exec.Command(berthBin, "check-config", "--data-dir", t.TempDir())
+	ctxCmd.Env = append(cleanEnv(), "PATH="+bin)
+	out, err := ctxCmd.CombinedOutput()
+	if err == nil {
+		t.Fatalf("check-config passed without iptables in PATH:\n%s", out)
+	}
+	for _, want := range []string{"[MISSING] iptables", "apt-get install iptables", "verdict: FAIL"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
 	}
 }
