@@ -251,3 +251,10 @@ func signedBy(cert *x509.Certificate, ca *CA) error {
 	}
 	return cert.CheckSignatureFrom(ca.Cert)
 }
+
+// EnsureLeaf issues the leaf at p from ca unless a valid one is already
+// there (same rules as Ensure: re-issued within 120 days of expiry, when its
+// names changed, or when it no longer chains to ca).
+func EnsureLeaf(ca *CA, spec LeafSpec, p Pair, now time.Time) error {
+	return ensureLeaf(ca, spec, p, now)
+}

@@ -281,6 +281,11 @@ func (s *Server) buildComponents() error {
 			ProxyCertFile: f.AuthProxy.Cert,
 			ProxyKeyFile:  f.AuthProxy.Key,
 		},
+		&control.KubernetesEndpoints{
+			Kubeconfig: filepath.Join(cfg.CredDir(), "admin.kubeconfig"),
+			IP:         cfg.advertiseIP,
+			Port:       int32(cfg.HTTPSListenPort),
+		},
 		&control.ControllerManager{Args: cmArgs},
 		&control.Scheduler{Args: schedArgs},
 	)
@@ -327,5 +332,8 @@ func (s *Server) apiserverDefaults(kine *datastore.Kine) map[string]string {
 		"api-audiences":                      issuer + ",berth",
 		"service-account-key-file":           f.ServiceAccountPub,
 		"service-account-signing-key-file":   f.ServiceAccountKey,
+		// The apiserver is on loopback; berth points the kubernetes
+		// Service at the public port itself (control.KubernetesEndpoints).
+		"endpoint-reconciler-type": "none",
 	}
 }

@@ -138,6 +138,23 @@ func TestServerLifecycle(t *testing.T) {
 		})
 	})
 
+	t.Run("kubernetes service points at the public port", func(t *testing.T) {
+		waitFor(t, 30*time.Second, "endpoints and endpointslice of default/kubernetes", func() (bool, error) {
+			ep, err := cs.CoreV1().Endpoints("default").Get(ctx, "kubernetes", metav1.GetOptions{})
+			if err != nil {
+				return false, err
+			}
+			sl, err := cs.DiscoveryV1().EndpointSlices("default").Get(ctx, "kubernetes", metav1.GetOptions{})
+			if err != nil {
+				return false, err
+			}
+			okEp := len(ep.Subsets) == 1 && len(ep.Subsets[0].Ports) == 1 && ep.Subsets[0].Ports[0].Port == int32(s.httpsPort) &&
+				len(ep.Subsets[0].Addresses) == 1 && ep.Subsets[0].Addresses[0].IP != "127.0.0.1"
+			okSl := len(sl.Ports) == 1 && *sl.Ports[0].Port == int32(s.httpsPort) && len(sl.Endpoints) == 1
+			return okEp && okSl, nil
+		})
+	})
+
 	before := snapshot(t, cs)
 	t.Run("SIGTERM stops cleanly", func(t *testing.T) {
 		code, took := s.stop(10 * time.Second)

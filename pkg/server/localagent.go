@@ -1,0 +1,56 @@
+package server
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"time"
+
+	"github.com/berth-io/berth/pkg/agent"
+	"github.com/berth-io/berth/pkg/pki"
+)
+
+// issueLocalAgentCerts gives the server's own node its certificates straight
+// from the cluster CAs (a joining agent gets them through the join
+// endpoints instead): kubelet client and serving, kube-proxy client, and
+// copies of the CAs.
+func (s *Server) issueLocalAgentCerts(ac *agent.Config) error {
+	f := s.files
+	if err := os.MkdirAll(ac.Dir(), 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", ac.Dir(), err)
+	}
+	clientCA, err := pki.LoadCA(f.ClientCA.Cert, f.ClientCA.Key)
+	if err != nil {
+		return err
+	}
+	serverCA, err := pki.LoadCA(f.ServerCA.Cert, f.ServerCA.Key)
+	if err != nil {
+		return err
+	}
+	for name, pem := range map[string][]byte{agent.ClientCAFile: clientCA.CertPEM, agent.ServerCAFile: serverCA.CertPEM} {
+		if err := pki.WriteFileAtomic(ac.Path(name), pem, 0o644); err != nil {
+			return err
+		}
+	}
+	ips := []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("::1")}
+	if ip := net.ParseIP(ac.NodeIP); ip != nil {
+		ips = append(ips, ip)
+	}
+	now := time.Now()
+	leaves := []struct {
+		ca   *pki.CA
+		spec pki.LeafSpec
+		name string
+	}{
+		{clientCA, pki.LeafSpec{CommonName: "system:node:" + ac.NodeName, Organization: []string{"system:nodes"}, Client: true}, agent.KubeletClient},
+		{serverCA, pki.LeafSpec{CommonName: ac.NodeName, DNSNames: []string{ac.NodeName, "localhost"}, IPs: ips, Server: true}, agent.KubeletServing},
+		{clientCA, pki.LeafSpec{CommonName: "system:kube-proxy", Client: true}, agent.KubeProxyClient},
+	}
+	for _, l := range leaves {
+		p := pki.Pair{Cert: ac.Path(l.name + ".crt"), Key: ac.Path(l.name + ".key")}
+		if err := pki.EnsureLeaf(l.ca, l.spec, p, now); err != nil {
+			return fmt.Errorf("node certificate %s: %w", l.name, err)
+		}
+	}
+	return agent.WriteKubeconfigs(ac)
+}
