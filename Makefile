@@ -30,7 +30,9 @@ all: build
 
 build: $(BIN)/berth
 
-$(BIN)/berth: FORCE
+# The helper binaries (runc, containerd, shim, CNI plugins, crictl) are
+# embedded as pkg/data/assets/payload.tar.zst; see mk/helpers.mk.
+$(BIN)/berth: helpers FORCE
 	@mkdir -p $(BIN)
 	$(GOBUILD) -o $@ ./cmd/berth
 
@@ -39,7 +41,7 @@ FORCE:
 # Host packages berth's tests and nodes need (Debian/Ubuntu).
 deps:
 	@if command -v apt-get >/dev/null; then \
-	  need=""; for p in gcc libc6-dev iptables iproute2 procps conntrack ipset kmod; do \
+	  need=""; for p in gcc libc6-dev pkg-config libseccomp-dev iptables iproute2 procps conntrack ipset kmod; do \
 	    dpkg -s $$p >/dev/null 2>&1 || need="$$need $$p"; done; \
 	  if [ -n "$$need" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need; fi; \
 	else echo "make deps: no apt-get; install gcc, iptables, iproute2, conntrack, ipset, kmod yourself" >&2; fi
@@ -63,7 +65,7 @@ bench: build
 run: build
 	$(BIN)/berth server
 
-clean:
+clean: helpers-clean
 	rm -rf $(BIN) dist
 
 # Feature makefiles (helper binaries, images, …) live in mk/.

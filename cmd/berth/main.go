@@ -6,8 +6,6 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/spf13/pflag"
-
 	"github.com/berth-io/berth/pkg/cli"
 	"github.com/berth-io/berth/pkg/cli/servercmd"
 	"github.com/berth-io/berth/pkg/datastore"
@@ -15,20 +13,19 @@ import (
 )
 
 func main() {
-	// Upstream packages register flags on pflag.CommandLine at init (the
-	// component-base --version flag among them) and cobra merges that set
-	// into every command; berth's commands define their own flags only.
-	pflag.CommandLine = pflag.NewFlagSet(os.Args[0], pflag.ContinueOnError)
 	logging.RouteLogrus()
 	switch filepath.Base(os.Args[0]) {
 	case "kubectl":
 		os.Exit(cli.RunKubectl(os.Args[1:]))
+	case "ctr":
+		os.Exit(cli.RunCtr(os.Args[1:]))
 	}
 	root := cli.NewRoot(
 		map[string]string{"sqlite": datastore.SQLiteVersion()},
 		servercmd.New(),
 		cli.NewKubectl(),
 		cli.NewCheckConfig(),
+		cli.NewCtr(),
 	)
 	cli.Main(root)
 }

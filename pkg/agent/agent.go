@@ -10,6 +10,7 @@ import (
 
 	"github.com/berth-io/berth/pkg/component"
 	"github.com/berth-io/berth/pkg/containerd"
+	"github.com/berth-io/berth/pkg/flannel"
 	"github.com/berth-io/berth/pkg/images"
 	"github.com/berth-io/berth/pkg/kubeconfig"
 	"github.com/berth-io/berth/pkg/node"
@@ -57,13 +58,15 @@ func (c *Config) Path(name string) string { return filepath.Join(c.Dir(), name) 
 // Certificate files the bootstrap (the local server now, the join protocol
 // later) puts in the agent dir.
 const (
-	ClientCAFile     = "client-ca.crt"
-	ServerCAFile     = "server-ca.crt"
-	KubeletClient    = "client-kubelet"
-	KubeletServing   = "serving-kubelet"
-	KubeProxyClient  = "client-kube-proxy"
-	KubeletKubecfg   = "kubelet.kubeconfig"
-	KubeProxyKubecfg = "kubeproxy.kubeconfig"
+	ClientCAFile      = "client-ca.crt"
+	ServerCAFile      = "server-ca.crt"
+	KubeletClient     = "client-kubelet"
+	KubeletServing    = "serving-kubelet"
+	KubeProxyClient   = "client-kube-proxy"
+	ControllerClient  = "client-berth-controller"
+	KubeletKubecfg    = "kubelet.kubeconfig"
+	KubeProxyKubecfg  = "kubeproxy.kubeconfig"
+	ControllerKubecfg = "berth-controller.kubeconfig"
 )
 
 // CgroupV1 tells whether the host has no unified cgroup hierarchy.
@@ -78,6 +81,7 @@ func WriteKubeconfigs(c *Config) error {
 	for _, k := range []struct{ file, cert string }{
 		{KubeletKubecfg, KubeletClient},
 		{KubeProxyKubecfg, KubeProxyClient},
+		{ControllerKubecfg, ControllerClient},
 	} {
 		spec := kubeconfig.Spec{
 			Server:   c.ServerURL,
@@ -140,5 +144,19 @@ func Components(c *Config) ([]component.Component, error) {
 			ExtraArgs:   c.KubeProxyArgs,
 		}})
 	}
+	// Flannel waits for the kubelet to register the node and the
+	// controller-manager to give it a podCIDR; pods start once it has
+	// written the CNI config.
+	cs = append(cs, flannel.New(flannel.Config{
+		NodeName:    c.NodeName,
+		Kubeconfig:  c.Path(ControllerKubecfg),
+		ClusterCIDR: c.ClusterCIDR,
+		Backend:     c.FlannelBackend,
+		Iface:       c.FlannelIface,
+		NodeIP:      c.NodeIP,
+		ConfDir:     c.Path("etc/flannel"),
+		CNIConfDir:  c.Path("etc/cni/net.d"),
+		CNIDataDir:  c.Path("cni/networks"),
+	}))
 	return cs, nil
 }

@@ -59,6 +59,21 @@ func NewRoot(extraVersions map[string]string, sub ...*cobra.Command) *cobra.Comm
 		}
 		root.PersistentFlags().AddFlag(pf)
 	}
+	// Upstream's component-base registers a --version flag on
+	// pflag.CommandLine (the kubelet looks it up there), and cobra adds that
+	// set to every command. Hide it, and make --version on any command print
+	// berth's version instead of running the command.
+	if f := pflag.CommandLine.Lookup("version"); f != nil {
+		f.Hidden = true
+	}
+	versionText := version.String(extraVersions)
+	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		if f := cmd.Flags().Lookup("version"); f != nil && f.Changed {
+			fmt.Print(versionText)
+			os.Exit(0)
+		}
+		return nil
+	}
 	root.AddCommand(sub...)
 	return root
 }

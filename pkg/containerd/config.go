@@ -78,6 +78,7 @@ state = {{ quote .StateDir }}
       runtime_type = "io.containerd.runc.v2"
       [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
         BinaryName = {{ quote (join .BinDir "runc") }}
+        Root = {{ quote (join .StateDir "runc") }}
         SystemdCgroup = false
   [plugins.'io.containerd.cri.v1.runtime'.cni]
     bin_dirs = [{{ quote .BinDir }}]

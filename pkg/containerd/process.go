@@ -30,6 +30,7 @@ type Containerd struct {
 	cmd      *exec.Cmd
 	exited   chan struct{}
 	stopping bool
+	stopCh   chan struct{} // closed by Stop: ends a restart back-off
 	done     chan struct{}
 }
 
@@ -55,6 +56,7 @@ func (c *Containerd) Prepare(context.Context) error {
 
 func (c *Containerd) Start(context.Context) error {
 	c.done = make(chan struct{})
+	c.stopCh = make(chan struct{})
 	if err := c.spawn(); err != nil {
 		return err
 	}
@@ -109,7 +111,11 @@ func (c *Containerd) supervise() {
 			return
 		}
 		klog.Errorf("containerd exited (%v); restarting in %s; see %s", cmd.ProcessState, backoff, c.Config.LogPath())
-		time.Sleep(backoff)
+		select {
+		case <-c.stopCh:
+			return
+		case <-time.After(backoff):
+		}
 		backoff = min(backoff*2, 30*time.Second)
 		if err := c.spawn(); err != nil {
 			klog.Errorf("restart containerd: %v", err)
@@ -161,6 +167,9 @@ func (c *Containerd) probe(ctx context.Context) error {
 // shims are not containerd's children.
 func (c *Containerd) Stop(ctx context.Context) error {
 	c.mu.Lock()
+	if !c.stopping && c.stopCh != nil {
+		close(c.stopCh)
+	}
 	c.stopping = true
 	cmd, exited := c.cmd, c.exited
 	c.mu.Unlock()

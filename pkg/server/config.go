@@ -41,6 +41,17 @@ type Config struct {
 	SQLiteSync string
 	Debug      bool
 
+	// The server's own node (unless DisableAgent).
+	NodeIP           string
+	NodeLabels       []string
+	NodeTaints       []string
+	KubeletArgs      []string
+	KubeProxyArgs    []string
+	DisableKubeProxy bool
+	FlannelBackend   string
+	FlannelIface     string
+	PauseImage       string
+
 	// Derived by Validate.
 	clusterNet, serviceNet *net.IPNet
 	advertiseIP            net.IP
@@ -103,6 +114,14 @@ func (c *Config) Validate() error {
 	}
 	if c.advertiseIP != nil && c.advertiseIP.IsLoopback() {
 		errs = append(errs, fmt.Errorf("--advertise-address %s is a loopback address; the apiserver needs an address other nodes and pods can reach", c.advertiseIP))
+	}
+	if c.NodeIP != "" && net.ParseIP(c.NodeIP) == nil {
+		errs = append(errs, fmt.Errorf("--node-ip %q is not an IP address", c.NodeIP))
+	}
+	switch c.FlannelBackend {
+	case "", "vxlan", "host-gw", "none":
+	default:
+		errs = append(errs, fmt.Errorf("--flannel-backend %q: want vxlan, host-gw or none", c.FlannelBackend))
 	}
 	if c.Token != "" && c.TokenFile != "" {
 		errs = append(errs, errors.New("--token and --token-file are mutually exclusive"))

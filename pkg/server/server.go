@@ -281,6 +281,7 @@ func (s *Server) buildComponents() error {
 			ProxyCertFile: f.AuthProxy.Cert,
 			ProxyKeyFile:  f.AuthProxy.Key,
 		},
+		&control.RBAC{Kubeconfig: filepath.Join(cfg.CredDir(), "admin.kubeconfig")},
 		&control.KubernetesEndpoints{
 			Kubeconfig: filepath.Join(cfg.CredDir(), "admin.kubeconfig"),
 			IP:         cfg.advertiseIP,
@@ -289,6 +290,13 @@ func (s *Server) buildComponents() error {
 		&control.ControllerManager{Args: cmArgs},
 		&control.Scheduler{Args: schedArgs},
 	)
+	if !cfg.DisableAgent {
+		node, err := s.localAgent()
+		if err != nil {
+			return fmt.Errorf("this server's node: %w", err)
+		}
+		m.Add(node...)
+	}
 	s.manager = m
 	return nil
 }

@@ -37,9 +37,6 @@ over the files.`,
 			if err := cfg.Validate(); err != nil {
 				return err
 			}
-			if !cfg.DisableAgent {
-				cmd.PrintErrln("berth: this build runs the control plane only; the node agent is not available yet (as with --disable-agent)")
-			}
 			ctx, cancel := cli.SignalContext()
 			defer cancel()
 			return server.Run(ctx, cfg)
@@ -69,6 +66,15 @@ over the files.`,
 	f.StringArrayVar(&cfg.SchedulerArgs, "kube-scheduler-arg", nil, "extra kube-scheduler flag, key=value (repeatable)")
 	f.StringArrayVar(&cfg.ControllerManagerArgs, "kube-controller-manager-arg", nil, "extra kube-controller-manager flag, key=value (repeatable)")
 	f.BoolVar(&cfg.DisableAgent, "disable-agent", false, "run the control plane only, no node")
+	f.StringVar(&cfg.NodeIP, "node-ip", "", "IP address of this node (default: --advertise-address)")
+	f.StringArrayVar(&cfg.NodeLabels, "node-label", nil, "label for this node, key=value (repeatable)")
+	f.StringArrayVar(&cfg.NodeTaints, "node-taint", nil, "taint for this node, key=value:Effect (repeatable)")
+	f.StringArrayVar(&cfg.KubeletArgs, "kubelet-arg", nil, "extra kubelet flag, key=value (repeatable)")
+	f.StringArrayVar(&cfg.KubeProxyArgs, "kube-proxy-arg", nil, "extra kube-proxy flag, key=value (repeatable)")
+	f.BoolVar(&cfg.DisableKubeProxy, "disable-kube-proxy", false, "do not run kube-proxy")
+	f.StringVar(&cfg.FlannelBackend, "flannel-backend", "vxlan", "pod network backend: vxlan, host-gw or none (bring your own CNI)")
+	f.StringVar(&cfg.FlannelIface, "flannel-iface", "", "network interface flannel uses (default: the node IP's)")
+	f.StringVar(&cfg.PauseImage, "pause-image", "berth.local/pause:3.10", "pod sandbox image (imported from the images dir)")
 	f.StringVar(&cfg.DatastoreEndpoint, "datastore-endpoint", "", "kine datastore URL (default: SQLite in <data-dir>/server/db/state.db)")
 	f.StringVar(&cfg.SQLiteSync, "sqlite-synchronous", datastore.SyncFull, "SQLite synchronous mode: FULL (an acknowledged write survives a power cut) or NORMAL (faster; the newest writes can be lost)")
 	return cmd

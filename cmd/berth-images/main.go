@@ -1,0 +1,354 @@
+// Command berth-images builds the container images berth and its tests need
+// into docker-archive tarballs, with no registry and no container engine —
+// as an air-gapped user would build them:
+//
+//	berth.local/pause:3.10       images/pause, static Go
+//	berth.local/busybox:1.36     /bin/busybox from Debian's busybox-static
+//	berth.local/echoserver:1.0   images/echoserver, static Go
+//
+// Output: <out>/<name>-<tag>-<arch>.tar per image (for `ctr images import`)
+// and <out>/images.txt listing the references. Run it from the repository
+// root (`make images`). The only network use is `apt-get download
+// busybox-static`, once, into -cache; delete the cached .deb to refresh it.
+//
+// Build-time tool only: berth never links it.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"debug/elf"
+	"errors"
+	"flag"
+	"fmt"
+	"io/fs"
+	"log"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/berth-io/berth/pkg/images/build"
+)
+
+type image struct {
+	ref   string // registry/name:tag
+	build func(*builder) (v1.Image, error)
+}
+
+// images in the order they are built and listed in images.txt.
+var images = []image{
+	{"berth.local/pause:3.10", (*builder).pause},
+	{"berth.local/busybox:1.36", (*builder).busybox},
+	{"berth.local/echoserver:1.0", (*builder).echoserver},
+}
+
+type builder struct {
+	goBin string // the go command
+	cache string // where downloaded .debs are kept
+	work  string // scratch directory, removed at exit
+	arch  string // GOARCH of the images (the host's)
+}
+
+func main() {
+	log.SetFlags(0)
+	log.SetPrefix("berth-images: ")
+	out := flag.String("out", "dist/images", "directory for the image tarballs")
+	cache := flag.String("cache", "dist/cache/deb", "directory for downloaded Debian packages")
+	goBin := flag.String("go", "go", "the go command used to build the Go programs")
+	flag.Parse()
+	if err := run(*out, *cache, *goBin); err != nil {
+		log.Fatal(err)
+	}
+}
+
+func run(out, cache, goBin string) error {
+	if runtime.GOOS != "linux" {
+		return errors.New("images are built on Linux only (busybox comes from a Debian package)")
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return fmt.Errorf("creating output directory: %w", err)
+	}
+	work, err := os.MkdirTemp("", "berth-images-")
+	if err != nil {
+		return fmt.Errorf("creating scratch directory: %w", err)
+	}
+	defer os.RemoveAll(work)
+	// Images hold host-built binaries (busybox runs here to list its
+	// applets), so they are for the host's architecture.
+	b := &builder{goBin: goBin, cache: cache, work: work, arch: runtime.GOARCH}
+
+	var list strings.Builder
+	for _, im := range images {
+		img, err := im.build(b)
+		if err != nil {
+			return fmt.Errorf("%s: %w", im.ref, err)
+		}
+		repo, tag, _ := strings.Cut(im.ref, ":")
+		file := filepath.Join(out, fmt.Sprintf("%s-%s-%s.tar", filepath.Base(repo), tag, b.arch))
+		changed, err := build.WriteTarball(file, im.ref, img)
+		if err != nil {
+			return err
+		}
+		if err := report(im.ref, file, img, changed); err != nil {
+			return err
+		}
+		fmt.Fprintln(&list, im.ref)
+	}
+	return writeIfChanged(filepath.Join(out, "images.txt"), []byte(list.String()))
+}
+
+func report(ref, file string, img v1.Image, changed bool) error {
+	fi, err := os.Stat(file)
+	if err != nil {
+		return err
+	}
+	d, err := img.Digest()
+	if err != nil {
+		return fmt.Errorf("%s: digest: %w", ref, err)
+	}
+	state := "written"
+	if !changed {
+		state = "unchanged"
+	}
+	fmt.Printf("%-28s %-40s %6.2f MiB  %s  %s\n", ref, file, float64(fi.Size())/(1<<20), d.Hex[:12], state)
+	return nil
+}
+
+func (b *builder) pause() (v1.Image, error) {
+	// Unprivileged like the upstream pause image: it needs no rights at all.
+	return b.goImage("pause", build.Config{Entrypoint: []string{"/pause"}, User: "65535:65535"})
+}
+
+func (b *builder) echoserver() (v1.Image, error) {
+	return b.goImage("echoserver", build.Config{
+		Entrypoint:   []string{"/echoserver"},
+		ExposedPorts: []string{"8080/tcp"},
+		// Numeric and non-root, so pods with runAsNonRoot accept it.
+		User: "65532:65532",
+	})
+}
+
+// goImage builds images/<prog> into a static binary and makes an image
+// holding just /<prog>.
+func (b *builder) goImage(prog string, cfg build.Config) (v1.Image, error) {
+	bin := filepath.Join(b.work, prog)
+	// -trimpath, no VCS stamp and an empty build ID make the binary, and so
+	// the image digest, depend on the source only.
+	cmd := exec.Command(b.goBin, "build", "-trimpath", "-buildvcs=false",
+		"-ldflags=-s -w -buildid=", "-o", bin, "./images/"+prog)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+b.arch)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("building images/%s: %w", prog, err)
+	}
+	if err := checkStatic(bin); err != nil {
+		return nil, err
+	}
+	layer, err := build.Layer([]build.Entry{build.HostFile("/"+prog, 0o755, bin)})
+	if err != nil {
+		return nil, err
+	}
+	return build.Image(cfg, layer)
+}
+
+// checkStatic refuses a dynamically linked binary: the images have no libc.
+func checkStatic(bin string) error {
+	f, err := elf.Open(bin)
+	if err != nil {
+		return fmt.Errorf("reading %s: %w", bin, err)
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return fmt.Errorf("%s is dynamically linked", bin)
+		}
+	}
+	return nil
+}
+
+func (b *builder) busybox() (v1.Image, error) {
+	deb, err := b.debPackage("busybox-static")
+	if err != nil {
+		return nil, err
+	}
+	root := filepath.Join(b.work, "busybox-static")
+	if err := runCmd("", "dpkg-deb", "-x", deb, root); err != nil {
+		return nil, err
+	}
+	version, err := output("dpkg-deb", "-f", deb, "Version")
+	if err != nil {
+		return nil, err
+	}
+	bin := filepath.Join(root, "bin/busybox")
+	if _, err := os.Stat(bin); err != nil { // a merged-/usr package
+		bin = filepath.Join(root, "usr/bin/busybox")
+	}
+	if err := checkStatic(bin); err != nil {
+		return nil, err
+	}
+	applets, err := output(bin, "--list")
+	if err != nil {
+		return nil, fmt.Errorf("listing busybox applets: %w", err)
+	}
+
+	entries := []build.Entry{
+		build.HostFile("/bin/busybox", 0o755, bin),
+		// #!/usr/bin/env scripts are common; everything else is in /bin.
+		build.Symlink("/usr/bin/env", "../../bin/busybox"),
+		// The GPL notice travels with the binary.
+		build.HostFile("/usr/share/doc/busybox-static/copyright", 0o644,
+			filepath.Join(root, "usr/share/doc/busybox-static/copyright")),
+		build.File("/etc/passwd", 0o644, []byte(
+			"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")),
+		build.File("/etc/group", 0o644, []byte("root:x:0:\nnobody:x:65534:\n")),
+		build.Dir("/tmp", 0o777|fs.ModeSticky),
+		build.Dir("/root", 0o700),
+	}
+	n := 0
+	sc := bufio.NewScanner(strings.NewReader(applets))
+	for sc.Scan() {
+		a := strings.TrimSpace(sc.Text())
+		if a == "" || a == "busybox" {
+			continue
+		}
+		if strings.Contains(a, "/") {
+			return nil, fmt.Errorf("odd busybox applet name %q", a)
+		}
+		entries = append(entries, build.Symlink("/bin/"+a, "busybox"))
+		n++
+	}
+	if n < 50 { // sh, ls, wget, … at the least
+		return nil, fmt.Errorf("busybox --list gave only %d applets", n)
+	}
+	layer, err := build.Layer(entries)
+	if err != nil {
+		return nil, err
+	}
+	return build.Image(build.Config{
+		Cmd: []string{"sh"},
+		Labels: map[string]string{
+			// The tag is the name tests use; this is what is inside.
+			"org.opencontainers.image.version":     version,
+			"org.opencontainers.image.description": "BusyBox from Debian busybox-static " + version,
+			"org.opencontainers.image.licenses":    "GPL-2.0-only",
+		},
+	}, layer)
+}
+
+// debPackage returns the cached .deb of pkg for the host's Debian
+// architecture, downloading it with apt-get first if it is not cached.
+func (b *builder) debPackage(pkg string) (string, error) {
+	debArch, err := output("dpkg", "--print-architecture")
+	if err != nil {
+		return "", err
+	}
+	pattern := filepath.Join(b.cache, pkg+"_*_"+debArch+".deb")
+	if deb, err := onlyMatch(pattern); err != nil || deb != "" {
+		return deb, err
+	}
+
+	// Download into a scratch directory so an interrupted download never
+	// looks like a cached package.
+	dl := filepath.Join(b.work, "apt")
+	if err := os.MkdirAll(dl, 0o755); err != nil {
+		return "", err
+	}
+	args := []string{"download", pkg}
+	if os.Geteuid() == 0 {
+		// apt drops to the _apt user, which cannot write here; as root
+		// there is nothing to gain and a warning to lose.
+		args = append([]string{"-o", "APT::Sandbox::User=root"}, args...)
+	}
+	fmt.Fprintf(os.Stderr, "berth-images: apt-get %s\n", strings.Join(args, " "))
+	if err := runCmd(dl, "apt-get", args...); err != nil {
+		if os.Geteuid() != 0 {
+			return "", fmt.Errorf("%w (if apt's package lists are missing, run `apt-get update` as root)", err)
+		}
+		// No package lists yet (fresh machine or container): fetch them once.
+		if err := runCmd("", "apt-get", "update", "-qq"); err != nil {
+			return "", err
+		}
+		if err := runCmd(dl, "apt-get", args...); err != nil {
+			return "", err
+		}
+	}
+	got, err := onlyMatch(filepath.Join(dl, pkg+"_*_"+debArch+".deb"))
+	if err != nil || got == "" {
+		return "", fmt.Errorf("apt-get download %s left no %s package (%v)", pkg, debArch, err)
+	}
+	if err := os.MkdirAll(b.cache, 0o755); err != nil {
+		return "", fmt.Errorf("creating package cache: %w", err)
+	}
+	deb := filepath.Join(b.cache, filepath.Base(got))
+	if err := moveFile(got, deb); err != nil {
+		return "", err
+	}
+	return deb, nil
+}
+
+// onlyMatch returns the one file matching pattern, "" for none, and an
+// error for several (which cached version to use would be a guess).
+func onlyMatch(pattern string) (string, error) {
+	m, err := filepath.Glob(pattern)
+	switch {
+	case err != nil:
+		return "", err
+	case len(m) > 1:
+		return "", fmt.Errorf("several packages match %s: %q; remove the stale ones", pattern, m)
+	case len(m) == 1:
+		return m[0], nil
+	}
+	return "", nil
+}
+
+// moveFile renames, or copies when src and dst are on different file
+// systems (the scratch directory is usually on /tmp).
+func moveFile(src, dst string) error {
+	if err := os.Rename(src, dst); err == nil {
+		return nil
+	}
+	data, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	return writeIfChanged(dst, data)
+}
+
+// writeIfChanged replaces file atomically unless it already holds data.
+func writeIfChanged(file string, data []byte) error {
+	if old, err := os.ReadFile(file); err == nil && bytes.Equal(old, data) {
+		return nil
+	}
+	tmp := file + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return fmt.Errorf("writing %s: %w", file, err)
+	}
+	if err := os.Rename(tmp, file); err != nil {
+		return fmt.Errorf("writing %s: %w", file, err)
+	}
+	return nil
+}
+
+func runCmd(dir, name string, args ...string) error {
+	cmd := exec.Command(name, args...)
+	cmd.Dir = dir
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s %s: %w", name, strings.Join(args, " "), err)
+	}
+	return nil
+}
+
+func output(name string, args ...string) (string, error) {
+	cmd := exec.Command(name, args...)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("%s %s: %w", name, strings.Join(args, " "), err)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
