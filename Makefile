@@ -19,22 +19,30 @@ LDFLAGS := -s -w \
 	  -X $(p).gitTreeState=clean -X $(p).buildDate=1970-01-01T00:00:00Z)
 GOBUILD := CGO_ENABLED=1 $(GO) build -trimpath -tags "$(TAGS)" -ldflags "$(LDFLAGS)"
 
-# Packages with unit tests only (fast, no root).
-UNIT_PKGS := ./pkg/...
-# Integration tests start the real binary.
+# Unit tests beside the code (some, as root, start bin/berth or use network
+# namespaces: pkg/flannel).
+UNIT_PKGS := ./pkg/... ./images/...
+# Integration tests start the real server binary.
 INTEGRATION_PKGS := ./test/integration/...
+# End-to-end tests run a real single-node cluster with locally built images.
+E2E_PKGS := ./test/e2e/...
 
-.PHONY: all build test unit integration bench deps run clean vet
+.PHONY: all build test unit integration e2e bench deps run clean vet
 
 all: build
 
-build: $(BIN)/berth
+build: $(BIN)/berth $(BIN)/berth-agent
 
 # The helper binaries (runc, containerd, shim, CNI plugins, crictl) are
 # embedded as pkg/data/assets/payload.tar.zst; see mk/helpers.mk.
 $(BIN)/berth: helpers FORCE
 	@mkdir -p $(BIN)
 	$(GOBUILD) -o $@ ./cmd/berth
+
+# The agent-only binary: no control plane linked (see pkg/agent's import test).
+$(BIN)/berth-agent: helpers FORCE
+	@mkdir -p $(BIN)
+	$(GOBUILD) -o $@ ./cmd/berth-agent
 
 FORCE:
 
@@ -49,14 +57,20 @@ deps:
 vet:
 	$(GO) vet -tags "$(TAGS)" ./...
 
-unit:
-	$(GO) test -count=1 -tags "$(TAGS)" $(UNIT_PKGS)
+unit: build
+	BERTH_BIN=$(CURDIR)/$(BIN)/berth $(GO) test -count=1 -tags "$(TAGS)" $(UNIT_PKGS)
 
 # BERTH_BIN points the integration tests at the binary built once here.
 integration: build
 	BERTH_BIN=$(CURDIR)/$(BIN)/berth $(GO) test -count=1 -timeout 30m -tags "$(TAGS)" -v $(INTEGRATION_PKGS)
 
-test: unit integration
+# BERTH_IMAGES: the image tarballs `make images` built, imported by the
+# tests through the air-gap directory.
+e2e: build images
+	BERTH_BIN=$(CURDIR)/$(BIN)/berth BERTH_IMAGES=$(CURDIR)/dist/images \
+	  $(GO) test -count=1 -timeout 30m -tags "$(TAGS)" -v $(E2E_PKGS)
+
+test: unit integration e2e
 
 bench: build
 	BERTH_BIN=$(CURDIR)/$(BIN)/berth bash scripts/bench/server.sh

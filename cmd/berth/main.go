@@ -3,6 +3,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 
@@ -19,6 +20,11 @@ func main() {
 		os.Exit(cli.RunKubectl(os.Args[1:]))
 	case "ctr":
 		os.Exit(cli.RunCtr(os.Args[1:]))
+	case "crictl":
+		if err := cli.ExecCrictl(os.Args[1:]); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
 	}
 	root := cli.NewRoot(
 		map[string]string{"sqlite": datastore.SQLiteVersion()},
@@ -26,6 +32,7 @@ func main() {
 		cli.NewKubectl(),
 		cli.NewCheckConfig(),
 		cli.NewCtr(),
+		cli.NewCrictl(),
 	)
 	cli.Main(root)
 }

@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/spf13/pflag"
 	proxyapp "k8s.io/kubernetes/cmd/kube-proxy/app"
@@ -79,9 +80,14 @@ func (p *Proxy) Start(ctx context.Context) error {
 	return p.Runner.Start(ctx)
 }
 
+// Stop cancels kube-proxy without waiting long: its Run does not return on
+// cancellation, and its rules must stay for the pods that keep running.
 func (p *Proxy) Stop(ctx context.Context) error {
 	if p.Runner == nil {
 		return nil
 	}
-	return p.Runner.Stop(ctx)
+	sctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	_ = p.Runner.Stop(sctx)
+	return nil
 }
