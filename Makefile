@@ -72,8 +72,8 @@ e2e: build images
 
 test: unit integration e2e
 
-bench: build
-	BERTH_BIN=$(CURDIR)/$(BIN)/berth bash scripts/bench/server.sh
+bench: build images
+	BERTH_BIN=$(CURDIR)/$(BIN)/berth BERTH_IMAGES=$(CURDIR)/dist/images bash scripts/bench/server.sh
 
 # Build and start a single-node cluster in the foreground (as root).
 run: build

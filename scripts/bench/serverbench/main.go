@@ -67,11 +67,19 @@ func (p *proc) stop() {
 }
 
 func start(dataDir string, extra ...string) (*proc, error) {
-	args := []string{"server", "--disable-agent", "--config", "/dev/null", "-d", dataDir,
+	return startWith(dataDir, true, extra...)
+}
+
+// startWith starts a server, with or without its own node.
+func startWith(dataDir string, disableAgent bool, extra ...string) (*proc, error) {
+	args := []string{"server", "--config", "/dev/null", "-d", dataDir,
 		"--write-kubeconfig", filepath.Join(dataDir, "admin.yaml"),
 		"--https-listen-port", strconv.Itoa(*basePort), "--apiserver-port", strconv.Itoa(*basePort + 1),
 		"--kube-scheduler-arg", "secure-port=" + strconv.Itoa(*basePort+2),
 		"--kube-controller-manager-arg", "secure-port=" + strconv.Itoa(*basePort+3)}
+	if disableAgent {
+		args = append(args, "--disable-agent")
+	}
 	cmd := exec.Command(*bin, append(args, extra...)...)
 	logf, err := os.OpenFile(filepath.Join(filepath.Dir(dataDir), filepath.Base(dataDir)+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -341,6 +349,8 @@ func main() {
 		{"start", func() error { return benchStart(root) }},
 		{"memory", func() error { return benchMemory(root) }},
 		{"writes", func() error { return benchWrites(root) }},
+		{"node", func() error { return benchNode(root) }},
+		{"pods", func() error { return benchPods(root) }},
 	}
 	failed := false
 	for _, s := range steps {
