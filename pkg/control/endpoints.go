@@ -11,7 +11,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/ptr"
 )
@@ -35,11 +34,7 @@ func (k *KubernetesEndpoints) Name() string { return "kubernetes-endpoints" }
 func (k *KubernetesEndpoints) Prepare(context.Context) error { return nil }
 
 func (k *KubernetesEndpoints) Start(context.Context) error {
-	cfg, err := clientcmd.BuildConfigFromFlags("", k.Kubeconfig)
-	if err != nil {
-		return err
-	}
-	cs, err := kubernetes.NewForConfig(cfg)
+	cs, err := clientset(k.Kubeconfig)
 	if err != nil {
 		return err
 	}

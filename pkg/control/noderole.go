@@ -8,8 +8,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 )
 
@@ -28,11 +26,7 @@ func (n *NodeRoleLabeler) Prepare(context.Context) error { return nil }
 func (n *NodeRoleLabeler) Ready(context.Context) error   { return nil }
 
 func (n *NodeRoleLabeler) Start(context.Context) error {
-	cfg, err := clientcmd.BuildConfigFromFlags("", n.Kubeconfig)
-	if err != nil {
-		return err
-	}
-	cs, err := kubernetes.NewForConfig(cfg)
+	cs, err := clientset(n.Kubeconfig)
 	if err != nil {
 		return err
 	}

@@ -8,8 +8,6 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 )
 
 // ControllerUser is the identity of the controllers a berth node runs
@@ -29,11 +27,7 @@ func (r *RBAC) Ready(context.Context) error   { return nil }
 func (r *RBAC) Stop(context.Context) error    { return nil }
 
 func (r *RBAC) Start(ctx context.Context) error {
-	cfg, err := clientcmd.BuildConfigFromFlags("", r.Kubeconfig)
-	if err != nil {
-		return err
-	}
-	cs, err := kubernetes.NewForConfig(cfg)
+	cs, err := clientset(r.Kubeconfig)
 	if err != nil {
 		return err
 	}

@@ -197,20 +197,20 @@ func install(root string, src source) (err error) {
 	if got := hex.EncodeToString(h.Sum(nil)); got != src.hash {
 		return fmt.Errorf("embedded payload has sha256 %s but was built as %s; rebuild with make build", got, src.hash)
 	}
-	if err := syncDir(tmp); err != nil {
+	if err := payload.SyncDir(tmp); err != nil {
 		return err
 	}
 	if err := os.Rename(tmp, dir); err != nil {
 		return fmt.Errorf("moving %s into place: %w", tmp, err)
 	}
-	if err := syncDir(root); err != nil {
+	if err := payload.SyncDir(root); err != nil {
 		return err
 	}
 	marker := filepath.Join(dir, markerName)
 	if err := writeSynced(marker, []byte(src.hash+"\n")); err != nil {
 		return err
 	}
-	return syncDir(dir)
+	return payload.SyncDir(dir)
 }
 
 // setCurrent points <root>/current at hash; its old target, if another,
@@ -233,7 +233,7 @@ func setCurrent(root, hash string) error {
 	if err := replaceSymlink(hash, cur); err != nil {
 		return err
 	}
-	return syncDir(root)
+	return payload.SyncDir(root)
 }
 
 // replaceSymlink makes link point at target (relative, so the data dir can
@@ -289,18 +289,6 @@ func writeSynced(p string, b []byte) error {
 	}
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("closing %s: %w", p, err)
-	}
-	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("opening %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", dir, err)
 	}
 	return nil
 }

@@ -229,7 +229,7 @@ func Unpack(r io.Reader, dst string) error {
 			return fmt.Errorf("%s lists %s but the payload has no such entry", SumsName, name)
 		}
 	}
-	return syncDir(filepath.Join(dst, BinDir))
+	return SyncDir(filepath.Join(dst, BinDir))
 }
 
 func sortedKeys(m map[string]string) []string {
@@ -312,7 +312,9 @@ func writeFile(p string, r io.Reader, mode os.FileMode) error {
 	return nil
 }
 
-func syncDir(dir string) error {
+// SyncDir fsyncs a directory, so renames and new entries in it survive a
+// power cut.
+func SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return fmt.Errorf("opening %s: %w", dir, err)
