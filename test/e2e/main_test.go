@@ -371,7 +371,7 @@ func teardown() bool {
 	}
 	waitGone(c.dataDir, 10*time.Second)
 
-	unmountUnder(logf, c.dataDir, "/run/berth/containerd", "/var/lib/kubelet/pods")
+	unmountUnder(logf, c.dataDir, "/run/berth/containerd", "/var/lib/kubelet")
 
 	for _, l := range []string{"cni0", "flannel.1"} {
 		if linkExists(l) {
@@ -414,8 +414,8 @@ func teardown() bool {
 		logf("FAIL: KUBE-SERVICES chain still in the nat table")
 		ok = false
 	}
-	if m := mountsUnder(c.dataDir); len(m) > 0 {
-		logf("FAIL: still mounted under the data dir: %v", m)
+	if m := mountsUnder(c.dataDir, "/run/berth/containerd", "/var/lib/kubelet"); len(m) > 0 {
+		logf("FAIL: still mounted under the data dir, the containerd state dir or the kubelet root: %v", m)
 		ok = false
 	} else if os.Getenv("BERTH_E2E_KEEP") == "" {
 		_ = os.RemoveAll(c.dir)
