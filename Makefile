@@ -73,7 +73,8 @@ e2e: build images
 test: unit integration e2e
 
 bench: build images
-	BERTH_BIN=$(CURDIR)/$(BIN)/berth BERTH_IMAGES=$(CURDIR)/dist/images bash scripts/bench/server.sh
+	BERTH_BIN=$(CURDIR)/$(BIN)/berth BERTH_IMAGES=$(CURDIR)/dist/images bash scripts/bench/server.sh; \
+	  status=$$?; bash scripts/bench/cleanup-node.sh; exit $$status
 
 # Build and start a single-node cluster in the foreground (as root).
 run: build

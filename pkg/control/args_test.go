@@ -19,3 +19,12 @@ func TestArgs(t *testing.T) {
 		t.Error("an argument without = must be refused")
 	}
 }
+
+func TestSecurePort(t *testing.T) {
+	if p := SecurePort([]string{"--bind-address=127.0.0.1"}); p != 10257 {
+		t.Errorf("default %d", p)
+	}
+	if p := SecurePort([]string{"--secure-port=10257", "--secure-port=31000"}); p != 31000 {
+		t.Errorf("the last (user) value must win: %d", p)
+	}
+}

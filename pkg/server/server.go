@@ -304,7 +304,15 @@ func (s *Server) buildComponents() error {
 		if err != nil {
 			return fmt.Errorf("this server's node: %w", err)
 		}
-		m.Add(node...)
+		// The kubelet starts only once the controller-manager has built its
+		// controllers (see control.ControllersBuilt).
+		wait := &control.ControllersBuilt{Port: control.SecurePort(cmArgs)}
+		for _, c := range node {
+			if c.Name() == "kubelet" {
+				m.Add(wait)
+			}
+			m.Add(c)
+		}
 	}
 	s.manager = m
 	return nil

@@ -251,6 +251,16 @@ func testDroppedTarballImported(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := filepath.Join(c.dataDir, "agent", "images")
+	// A truncated tarball dropped alongside: berth must log it by name and
+	// still import the good one, and keep running.
+	whole, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	corrupt := filepath.Join(dir, "corrupt-1.tar")
+	if err := os.WriteFile(corrupt, whole[:len(whole)/2], 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tmp := filepath.Join(dir, ".dropped.tmp")
 	if err := tarball.WriteToFile(tmp, name.MustParseReference("berth.local/dropped:1"), img); err != nil {
 		t.Fatal(err)
@@ -264,6 +274,15 @@ func testDroppedTarballImported(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitPod(t, ns, "dropped", 60*time.Second, "Running", podRunning)
+	if log := c.logTail(400); !strings.Contains(log, "import corrupt-1.tar:") {
+		t.Errorf("berth's log does not name the corrupt tarball and its reason:\n%s", log)
+	}
+	if _, err := os.Stat(corrupt); err != nil {
+		t.Errorf("the corrupt tarball must be left as it was: %v", err)
+	}
+	if err := c.cmd.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Errorf("berth is not running after a corrupt tarball: %v", err)
+	}
 }
 
 // 11.
