@@ -145,35 +145,39 @@ func fmtDurs(ds []time.Duration) string {
 	return strings.Join(parts, " ")
 }
 
+// timeStarts starts berth *runs times on dir (from a new data dir when
+// fresh) and returns how long each took to be ready.
+func timeStarts(dir string, fresh bool, startFn func(string) (*proc, error), ready func(*proc, time.Time) (time.Duration, error)) ([]time.Duration, error) {
+	var ds []time.Duration
+	for i := 0; i < *runs; i++ {
+		if fresh {
+			os.RemoveAll(dir)
+		}
+		t0 := time.Now()
+		p, err := startFn(dir)
+		if err != nil {
+			return nil, err
+		}
+		d, err := ready(p, t0)
+		p.stop()
+		if err != nil {
+			return nil, err
+		}
+		ds = append(ds, d)
+	}
+	return ds, nil
+}
+
 func benchStart(root string) error {
 	dir := filepath.Join(root, "start")
-	var fresh, existing []time.Duration
-	for i := 0; i < *runs; i++ {
-		os.RemoveAll(dir)
-		t0 := time.Now()
-		p, err := start(dir)
-		if err != nil {
-			return err
-		}
-		d, err := waitReady(p, t0)
-		p.stop()
-		if err != nil {
-			return err
-		}
-		fresh = append(fresh, d)
+	startFn := func(d string) (*proc, error) { return start(d) }
+	fresh, err := timeStarts(dir, true, startFn, waitReady)
+	if err != nil {
+		return err
 	}
-	for i := 0; i < *runs; i++ {
-		t0 := time.Now()
-		p, err := start(dir)
-		if err != nil {
-			return err
-		}
-		d, err := waitReady(p, t0)
-		p.stop()
-		if err != nil {
-			return err
-		}
-		existing = append(existing, d)
+	existing, err := timeStarts(dir, false, startFn, waitReady)
+	if err != nil {
+		return err
 	}
 	fmt.Printf("start → /readyz 200, new data dir:      median %.2f s  (runs: %s)  target ≤ 3 s\n", median(fresh).Seconds(), fmtDurs(fresh))
 	fmt.Printf("start → /readyz 200, existing data dir: median %.2f s  (runs: %s)  target ≤ 2 s\n", median(existing).Seconds(), fmtDurs(existing))

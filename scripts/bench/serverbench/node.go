@@ -88,33 +88,13 @@ func waitNodeReady(p *proc, t0 time.Time) (time.Duration, error) {
 
 func benchNode(root string) error {
 	dir := filepath.Join(root, "node")
-	var fresh, restart []time.Duration
-	for i := 0; i < *runs; i++ {
-		os.RemoveAll(dir)
-		t0 := time.Now()
-		p, err := startNode(dir)
-		if err != nil {
-			return err
-		}
-		d, err := waitNodeReady(p, t0)
-		p.stop()
-		if err != nil {
-			return err
-		}
-		fresh = append(fresh, d)
+	fresh, err := timeStarts(dir, true, startNode, waitNodeReady)
+	if err != nil {
+		return err
 	}
-	for i := 0; i < *runs; i++ {
-		t0 := time.Now()
-		p, err := startWith(dir, false)
-		if err != nil {
-			return err
-		}
-		d, err := waitNodeReady(p, t0)
-		p.stop()
-		if err != nil {
-			return err
-		}
-		restart = append(restart, d)
+	restart, err := timeStarts(dir, false, func(d string) (*proc, error) { return startWith(d, false) }, waitNodeReady)
+	if err != nil {
+		return err
 	}
 	fmt.Printf("start → node Ready, new data dir:  median %.2f s  (runs: %s)  target ≤ 4.5 s\n", median(fresh).Seconds(), fmtDurs(fresh))
 	fmt.Printf("start → node Ready, restart:       median %.2f s  (runs: %s)  target ≤ 3 s\n", median(restart).Seconds(), fmtDurs(restart))
