@@ -76,9 +76,14 @@ bench: build images
 	BERTH_BIN=$(CURDIR)/$(BIN)/berth BERTH_IMAGES=$(CURDIR)/dist/images bash scripts/bench/server.sh; \
 	  status=$$?; bash scripts/bench/cleanup-node.sh; exit $$status
 
-# Build and start a single-node cluster in the foreground (as root).
-run: build
-	$(BIN)/berth server
+# Build and start a single-node cluster in the foreground (as root). The
+# locally built images (pause among them) go where berth imports them, as an
+# air-gapped user would deliver them.
+DATA_DIR ?= /var/lib/berth
+run: build images
+	mkdir -p $(DATA_DIR)/agent/images
+	cp dist/images/*.tar $(DATA_DIR)/agent/images/
+	$(BIN)/berth server --data-dir $(DATA_DIR)
 
 clean: helpers-clean
 	rm -rf $(BIN) dist
