@@ -14,7 +14,7 @@ import (
 	"github.com/containerd/containerd/v2/client"
 	"k8s.io/klog/v2"
 
-	"github.com/berth-io/berth/pkg/pki"
+	"github.com/berth-io/berth/pkg/atomicfile"
 )
 
 // maxLogSize is when containerd.log is rotated (to .1) at start.
@@ -51,7 +51,7 @@ func (c *Containerd) Prepare(context.Context) error {
 	if err != nil {
 		return err
 	}
-	return pki.WriteFileAtomic(cfg.ConfigPath(), text, 0o600)
+	return atomicfile.Write(cfg.ConfigPath(), text, 0o600)
 }
 
 func (c *Containerd) Start(context.Context) error {

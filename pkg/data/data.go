@@ -29,6 +29,7 @@ import (
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
+	"github.com/berth-io/berth/pkg/atomicfile"
 	"github.com/berth-io/berth/pkg/data/payload"
 )
 
@@ -197,20 +198,17 @@ func install(root string, src source) (err error) {
 	if got := hex.EncodeToString(h.Sum(nil)); got != src.hash {
 		return fmt.Errorf("embedded payload has sha256 %s but was built as %s; rebuild with make build", got, src.hash)
 	}
-	if err := payload.SyncDir(tmp); err != nil {
+	if err := atomicfile.SyncDir(tmp); err != nil {
 		return err
 	}
 	if err := os.Rename(tmp, dir); err != nil {
 		return fmt.Errorf("moving %s into place: %w", tmp, err)
 	}
-	if err := payload.SyncDir(root); err != nil {
+	if err := atomicfile.SyncDir(root); err != nil {
 		return err
 	}
-	marker := filepath.Join(dir, markerName)
-	if err := writeSynced(marker, []byte(src.hash+"\n")); err != nil {
-		return err
-	}
-	return payload.SyncDir(dir)
+	// The marker goes last: its presence means the tree is complete.
+	return atomicfile.Write(filepath.Join(dir, markerName), []byte(src.hash+"\n"), 0o644)
 }
 
 // setCurrent points <root>/current at hash; its old target, if another,
@@ -233,7 +231,7 @@ func setCurrent(root, hash string) error {
 	if err := replaceSymlink(hash, cur); err != nil {
 		return err
 	}
-	return payload.SyncDir(root)
+	return atomicfile.SyncDir(root)
 }
 
 // replaceSymlink makes link point at target (relative, so the data dir can
@@ -272,23 +270,4 @@ func lock(p string) (func(), error) {
 	}
 	// Closing the file releases the lock.
 	return func() { f.Close() }, nil
-}
-
-func writeSynced(p string, b []byte) error {
-	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return fmt.Errorf("creating %s: %w", p, err)
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return fmt.Errorf("writing %s: %w", p, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("fsync %s: %w", p, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("closing %s: %w", p, err)
-	}
-	return nil
 }

@@ -11,7 +11,7 @@ import (
 	"os"
 	"strings"
 
-	"github.com/berth-io/berth/pkg/pki"
+	"github.com/berth-io/berth/pkg/atomicfile"
 	"github.com/flannel-io/flannel/pkg/ip"
 	"k8s.io/klog/v2"
 )
@@ -165,7 +165,7 @@ func readSubnetFile(path string) (network, subnetNet ip.IP4Net) {
 }
 
 func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	return pki.WriteFileAtomic(path, data, perm)
+	return atomicfile.Write(path, data, perm)
 }
 
 // ensureSysctls turns on what the network flannel builds depends on, in

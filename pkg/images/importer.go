@@ -27,7 +27,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"k8s.io/klog/v2"
 
-	"github.com/berth-io/berth/pkg/pki"
+	"github.com/berth-io/berth/pkg/atomicfile"
 )
 
 // Labels the CRI plugin reads: "managed" makes the image visible to the
@@ -80,7 +80,7 @@ func (im *Importer) loadCache() {
 
 func (im *Importer) saveCache() {
 	b, _ := json.MarshalIndent(im.cache, "", "  ")
-	if err := pki.WriteFileAtomic(im.cachePath(), b, 0o600); err != nil {
+	if err := atomicfile.Write(im.cachePath(), b, 0o600); err != nil {
 		klog.Warningf("save image import cache: %v", err)
 	}
 }

@@ -9,7 +9,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
-	"github.com/berth-io/berth/pkg/pki"
+	"github.com/berth-io/berth/pkg/atomicfile"
 )
 
 // Spec describes one kubeconfig with a client certificate.
@@ -51,9 +51,8 @@ func Write(path string, spec Spec, perm os.FileMode) error {
 	if err != nil {
 		return fmt.Errorf("encode kubeconfig: %w", err)
 	}
-	if err := pki.WriteFileAtomic(path, data, perm); err != nil {
+	if err := atomicfile.Write(path, data, perm); err != nil {
 		return fmt.Errorf("write kubeconfig %s: %w", path, err)
 	}
-	// WriteFileAtomic keeps an existing file's mode; the user's choice wins.
-	return os.Chmod(path, perm)
+	return nil
 }

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"k8s.io/klog/v2"
+
+	"github.com/berth-io/berth/pkg/atomicfile"
 )
 
 // renewBefore is how long before expiry a leaf is re-issued. It is generous
@@ -260,9 +262,9 @@ func ensureCA(name, cnPrefix string, p Pair, now time.Time) (*CA, error) {
 	}
 	// Key first: a crash between the two renames then leaves a key without a
 	// certificate, which Ensure reports rather than papering over.
-	if err := writeFilesAtomic(
-		fileData{p.Key, keyPEM, keyMode},
-		fileData{p.Cert, ca.CertPEM, certMode},
+	if err := atomicfile.WriteAll(
+		atomicfile.File{Path: p.Key, Data: keyPEM, Perm: keyMode},
+		atomicfile.File{Path: p.Cert, Data: ca.CertPEM, Perm: certMode},
 	); err != nil {
 		return nil, fmt.Errorf("create %s CA: %w", name, err)
 	}
@@ -290,7 +292,7 @@ func ensureServiceAccountKey(keyPath, pubPath string) error {
 		if err != nil {
 			return fmt.Errorf("create service account key: %w", err)
 		}
-		if err := writeFilesAtomic(fileData{keyPath, newPEM, keyMode}, fileData{pubPath, pubPEM, certMode}); err != nil {
+		if err := atomicfile.WriteAll(atomicfile.File{Path: keyPath, Data: newPEM, Perm: keyMode}, atomicfile.File{Path: pubPath, Data: pubPEM, Perm: certMode}); err != nil {
 			return fmt.Errorf("create service account key: %w", err)
 		}
 		return nil
@@ -316,7 +318,7 @@ func ensureServiceAccountKey(keyPath, pubPath string) error {
 		return fmt.Errorf("read service account public key: %w", err)
 	}
 	klog.Infof("Writing service account public key %s from %s", pubPath, keyPath)
-	if err := WriteFileAtomic(pubPath, pubPEM, certMode); err != nil {
+	if err := atomicfile.Write(pubPath, pubPEM, certMode); err != nil {
 		return fmt.Errorf("service account public key: %w", err)
 	}
 	return nil
@@ -414,7 +416,7 @@ func ensureLeaf(ca *CA, spec LeafSpec, p Pair, now time.Time) error {
 	}
 	// Key first: if a crash separates the renames, the new key does not
 	// match the old certificate and the next Ensure re-issues the pair.
-	return writeFilesAtomic(fileData{p.Key, keyPEM, keyMode}, fileData{p.Cert, certPEM, certMode})
+	return atomicfile.WriteAll(atomicfile.File{Path: p.Key, Data: keyPEM, Perm: keyMode}, atomicfile.File{Path: p.Cert, Data: certPEM, Perm: certMode})
 }
 
 // leafReissueReason returns why the leaf at p must be re-issued, or "" if it

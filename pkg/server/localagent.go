@@ -11,6 +11,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/berth-io/berth/pkg/agent"
+	"github.com/berth-io/berth/pkg/atomicfile"
 	"github.com/berth-io/berth/pkg/component"
 	"github.com/berth-io/berth/pkg/containerd"
 	"github.com/berth-io/berth/pkg/control"
@@ -85,7 +86,7 @@ func (s *Server) issueLocalAgentCerts(ac *agent.Config) error {
 		return err
 	}
 	for name, pem := range map[string][]byte{agent.ClientCAFile: clientCA.CertPEM, agent.ServerCAFile: serverCA.CertPEM} {
-		if err := pki.WriteFileAtomic(ac.Path(name), pem, 0o644); err != nil {
+		if err := atomicfile.Write(ac.Path(name), pem, 0o644); err != nil {
 			return err
 		}
 	}

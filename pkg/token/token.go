@@ -17,7 +17,7 @@ import (
 
 	"k8s.io/klog/v2"
 
-	"github.com/berth-io/berth/pkg/pki"
+	"github.com/berth-io/berth/pkg/atomicfile"
 )
 
 const prefix = "K10"
@@ -148,7 +148,7 @@ func EnsureServerToken(path string, caPEM []byte, caPath string, secret string) 
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return Token{}, fmt.Errorf("server token: create directory %s: %w", filepath.Dir(path), err)
 	}
-	if err := pki.WriteFileAtomic(path, []byte(tok.String()+"\n"), 0o600); err != nil {
+	if err := atomicfile.Write(path, []byte(tok.String()+"\n"), 0o600); err != nil {
 		return Token{}, fmt.Errorf("server token: %w", err)
 	}
 	klog.Infof("Wrote server token to %s", path)

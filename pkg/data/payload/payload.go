@@ -22,6 +22,8 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/berth-io/berth/pkg/atomicfile"
 )
 
 const (
@@ -229,7 +231,7 @@ func Unpack(r io.Reader, dst string) error {
 			return fmt.Errorf("%s lists %s but the payload has no such entry", SumsName, name)
 		}
 	}
-	return SyncDir(filepath.Join(dst, BinDir))
+	return atomicfile.SyncDir(filepath.Join(dst, BinDir))
 }
 
 func sortedKeys(m map[string]string) []string {
@@ -308,20 +310,6 @@ func writeFile(p string, r io.Reader, mode os.FileMode) error {
 	}
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("closing %s: %w", p, err)
-	}
-	return nil
-}
-
-// SyncDir fsyncs a directory, so renames and new entries in it survive a
-// power cut.
-func SyncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("opening %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", dir, err)
 	}
 	return nil
 }

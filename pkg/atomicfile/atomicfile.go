@@ -1,4 +1,7 @@
-package pki
+// Package atomicfile writes files so that readers, and the file system
+// after a power cut, see either the old or the new content, never a
+// truncated file: berth's keys, configs, caches and markers all go through it.
+package atomicfile
 
 import (
 	"errors"
@@ -9,25 +12,24 @@ import (
 	"syscall"
 )
 
-// WriteFileAtomic replaces path with data so that readers, and the file
-// system after a power cut, see either the old content or the new content,
-// never a truncated file.
-func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
-	return writeFilesAtomic(fileData{path: path, data: data, perm: perm})
+// Write replaces path with data, with mode perm from the first byte on.
+func Write(path string, data []byte, perm os.FileMode) error {
+	return WriteAll(File{Path: path, Data: data, Perm: perm})
 }
 
-type fileData struct {
-	path string
-	data []byte
-	perm os.FileMode
+// File is one file of a WriteAll batch.
+type File struct {
+	Path string
+	Data []byte
+	Perm os.FileMode
 }
 
-// writeFilesAtomic writes every file to a temporary file in its directory and
+// WriteAll writes every file to a temporary file in its directory and
 // fsyncs it; only once all are staged does it rename them into place, in
 // order, and fsync the directories. Staging everything before the first rename keeps the window in
 // which a crash leaves a key and certificate out of step down to a few
 // renames, and costs one directory fsync per batch instead of one per file.
-func writeFilesAtomic(files ...fileData) (err error) {
+func WriteAll(files ...File) (err error) {
 	tmps := make([]string, len(files))
 	defer func() {
 		if err != nil {
@@ -45,7 +47,7 @@ func writeFilesAtomic(files ...fileData) (err error) {
 		wg.Go(func() {
 			tmps[i], errs[i] = writeTemp(f)
 			if errs[i] != nil {
-				errs[i] = fmt.Errorf("write %s: %w", f.path, errs[i])
+				errs[i] = fmt.Errorf("write %s: %w", f.Path, errs[i])
 			}
 		})
 	}
@@ -55,21 +57,21 @@ func writeFilesAtomic(files ...fileData) (err error) {
 	}
 	dirs := map[string]bool{}
 	for i, f := range files {
-		if err := os.Rename(tmps[i], f.path); err != nil {
-			return fmt.Errorf("write %s: %w", f.path, err)
+		if err := os.Rename(tmps[i], f.Path); err != nil {
+			return fmt.Errorf("write %s: %w", f.Path, err)
 		}
-		dirs[filepath.Dir(f.path)] = true
+		dirs[filepath.Dir(f.Path)] = true
 	}
 	for dir := range dirs {
-		if err := syncDir(dir); err != nil {
+		if err := SyncDir(dir); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func writeTemp(fd fileData) (tmp string, err error) {
-	f, err := os.CreateTemp(filepath.Dir(fd.path), "."+filepath.Base(fd.path)+".tmp-*")
+func writeTemp(fd File) (tmp string, err error) {
+	f, err := os.CreateTemp(filepath.Dir(fd.Path), "."+filepath.Base(fd.Path)+".tmp-*")
 	if err != nil {
 		return "", err
 	}
@@ -81,10 +83,10 @@ func writeTemp(fd fileData) (tmp string, err error) {
 	}()
 	// Set the final mode before any byte is written so that private key
 	// material is never readable by others, whatever the umask.
-	if err := f.Chmod(fd.perm); err != nil {
+	if err := f.Chmod(fd.Perm); err != nil {
 		return "", err
 	}
-	if _, err := f.Write(fd.data); err != nil {
+	if _, err := f.Write(fd.Data); err != nil {
 		return "", err
 	}
 	if err := f.Sync(); err != nil {
@@ -96,8 +98,8 @@ func writeTemp(fd fileData) (tmp string, err error) {
 	return f.Name(), nil
 }
 
-// syncDir makes the renames in dir durable.
-func syncDir(dir string) error {
+// SyncDir makes renames and new entries in dir durable.
+func SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return fmt.Errorf("sync directory %s: %w", dir, err)
