@@ -5,9 +5,6 @@ package main
 
 import (
 	"errors"
-	"fmt"
-	"os"
-	"path/filepath"
 
 	"github.com/spf13/cobra"
 
@@ -22,15 +19,7 @@ var _ = agent.Components
 
 func main() {
 	logging.RouteLogrus()
-	switch filepath.Base(os.Args[0]) {
-	case "ctr":
-		os.Exit(cli.RunCtr(os.Args[1:]))
-	case "crictl":
-		if err := cli.ExecCrictl(os.Args[1:]); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-	}
+	cli.MultiCall(map[string]cli.Tool{"ctr": cli.RunCtr, "crictl": cli.RunCrictl})
 	root := cli.NewRoot(nil,
 		&cobra.Command{
 			Use:   "agent",
