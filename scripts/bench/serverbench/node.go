@@ -146,15 +146,7 @@ func benchPods(root string) error {
 	for i := 0; i < n; i++ {
 		name := fmt.Sprintf("p%02d", i)
 		created[name] = time.Now()
-		_, err := cs.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Name: name},
-			Spec: corev1.PodSpec{
-				TerminationGracePeriodSeconds: ptr.To[int64](0),
-				Containers: []corev1.Container{{Name: "c", Image: "berth.local/busybox:1.36",
-					ImagePullPolicy: corev1.PullNever, Command: []string{"sleep", "3600"}}},
-			},
-		}, metav1.CreateOptions{})
-		if err != nil {
+		if err := createSleeper(ctx, cs, ns, name); err != nil {
 			return err
 		}
 	}
@@ -189,15 +181,7 @@ func benchPods(root string) error {
 	for i := 0; i < n; i++ {
 		name := fmt.Sprintf("s%02d", i)
 		t0 := time.Now()
-		_, err := cs.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Name: name},
-			Spec: corev1.PodSpec{
-				TerminationGracePeriodSeconds: ptr.To[int64](0),
-				Containers: []corev1.Container{{Name: "c", Image: "berth.local/busybox:1.36",
-					ImagePullPolicy: corev1.PullNever, Command: []string{"sleep", "3600"}}},
-			},
-		}, metav1.CreateOptions{})
-		if err != nil {
+		if err := createSleeper(ctx, cs, ns, name); err != nil {
 			return err
 		}
 		for time.Since(t0) < time.Minute {
@@ -269,4 +253,17 @@ func nodeProcesses(berthPID int, dataDir string) []procInfo {
 		out = append(out, procInfo{pid, filepath.Base(args[0])})
 	}
 	return out
+}
+
+// createSleeper creates a busybox pod from the preloaded image that sleeps.
+func createSleeper(ctx context.Context, cs kubernetes.Interface, ns, name string) error {
+	_, err := cs.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: corev1.PodSpec{
+			TerminationGracePeriodSeconds: ptr.To[int64](0),
+			Containers: []corev1.Container{{Name: "c", Image: "berth.local/busybox:1.36",
+				ImagePullPolicy: corev1.PullNever, Command: []string{"sleep", "3600"}}},
+		},
+	}, metav1.CreateOptions{})
+	return err
 }
