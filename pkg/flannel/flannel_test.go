@@ -250,12 +250,13 @@ current-context: x
 	}
 	sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
 	defer scancel()
-	t0 := time.Now()
 	if err := f.Stop(sctx); err != nil {
 		t.Fatal(err)
 	}
-	if d := time.Since(t0); d > 3*time.Second {
-		t.Errorf("Stop took %s", d)
+	// Stop must end the waiting setup by cancelling it, not by running
+	// into its own deadline.
+	if sctx.Err() != nil {
+		t.Errorf("Stop returned only when its deadline expired: %v", sctx.Err())
 	}
 	select {
 	case err := <-f.Failed():

@@ -165,7 +165,13 @@ func (k *Kubelet) Start(ctx context.Context) error {
 		cmd := kubeletapp.NewKubeletCommand(ctx)
 		cmd.SetArgs(args)
 		cmd.SilenceUsage = true
-		return cmd.ExecuteContext(ctx)
+		if err := cmd.ExecuteContext(ctx); err != nil {
+			return err
+		}
+		// A clean return means the kubelet's own SIGTERM handler fired: the
+		// process is stopping, which is berth's stop to run, not a failure.
+		<-ctx.Done()
+		return nil
 	})
 	return k.Runner.Start(ctx)
 }

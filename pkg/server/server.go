@@ -68,16 +68,7 @@ func Run(ctx context.Context, cfg *Config) error {
 	case <-ctx.Done():
 		klog.Info("stopping berth server")
 	case runErr = <-s.manager.Failed():
-		// A SIGTERM also reaches the kubelet's own signal handler, and its
-		// exit can arrive a moment before ours: that is a stop, not a failure.
-		select {
-		case <-ctx.Done():
-			klog.V(1).Infof("during stop: %v", runErr)
-			runErr = nil
-			klog.Info("stopping berth server")
-		case <-time.After(time.Second):
-			klog.Errorf("%v; stopping berth server", runErr)
-		}
+		klog.Errorf("%v; stopping berth server", runErr)
 	}
 	if err := s.manager.Stop(StopTimeout); err != nil {
 		// A component that does not stop in time is abandoned: the process
