@@ -5,6 +5,7 @@ package main
 
 import (
 	"github.com/berth-io/berth/pkg/cli"
+	"github.com/berth-io/berth/pkg/cli/agentcmd"
 	"github.com/berth-io/berth/pkg/cli/servercmd"
 	"github.com/berth-io/berth/pkg/datastore"
 	"github.com/berth-io/berth/pkg/logging"
@@ -16,6 +17,7 @@ func main() {
 	root := cli.NewRoot(
 		map[string]string{"sqlite": datastore.SQLiteVersion()},
 		servercmd.New(),
+		agentcmd.New(),
 		cli.NewKubectl(),
 		cli.NewCheckConfig(),
 		cli.NewCtr(),

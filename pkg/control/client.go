@@ -5,8 +5,8 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 )
 
-// clientset builds a client from a kubeconfig file.
-func clientset(kubeconfig string) (kubernetes.Interface, error) {
+// Clientset builds a client from a kubeconfig file.
+func Clientset(kubeconfig string) (kubernetes.Interface, error) {
 	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
 		return nil, err

@@ -34,7 +34,7 @@ func (k *KubernetesEndpoints) Name() string { return "kubernetes-endpoints" }
 func (k *KubernetesEndpoints) Prepare(context.Context) error { return nil }
 
 func (k *KubernetesEndpoints) Start(context.Context) error {
-	cs, err := clientset(k.Kubeconfig)
+	cs, err := Clientset(k.Kubeconfig)
 	if err != nil {
 		return err
 	}

@@ -26,7 +26,7 @@ func (n *NodeRoleLabeler) Prepare(context.Context) error { return nil }
 func (n *NodeRoleLabeler) Ready(context.Context) error   { return nil }
 
 func (n *NodeRoleLabeler) Start(context.Context) error {
-	cs, err := clientset(n.Kubeconfig)
+	cs, err := Clientset(n.Kubeconfig)
 	if err != nil {
 		return err
 	}

@@ -27,7 +27,7 @@ func (r *RBAC) Ready(context.Context) error   { return nil }
 func (r *RBAC) Stop(context.Context) error    { return nil }
 
 func (r *RBAC) Start(ctx context.Context) error {
-	cs, err := clientset(r.Kubeconfig)
+	cs, err := Clientset(r.Kubeconfig)
 	if err != nil {
 		return err
 	}

@@ -11,18 +11,23 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 
 	"github.com/berth-io/berth/pkg/component"
 	"github.com/berth-io/berth/pkg/control"
 	"github.com/berth-io/berth/pkg/datastore"
+	"github.com/berth-io/berth/pkg/join"
 	"github.com/berth-io/berth/pkg/kubeconfig"
+	"github.com/berth-io/berth/pkg/lock"
 	"github.com/berth-io/berth/pkg/memory"
 	"github.com/berth-io/berth/pkg/pki"
 	"github.com/berth-io/berth/pkg/supervisor"
 	"github.com/berth-io/berth/pkg/token"
+	"github.com/berth-io/berth/pkg/tunnel"
 )
 
 // StopTimeout bounds how long each component may take to stop.
@@ -34,6 +39,7 @@ type Server struct {
 	files   *pki.Files
 	manager *component.Manager
 	unlock  func()
+	token   token.Token
 }
 
 // Run starts the server and blocks until ctx ends (clean stop: nil) or a
@@ -83,7 +89,7 @@ func (s *Server) prepare() error {
 	if err := ensureWritableDir(cfg.ServerDir()); err != nil {
 		return err
 	}
-	unlock, err := lockDataDir(cfg.DataDir)
+	unlock, err := lock.DataDir(cfg.DataDir)
 	if err != nil {
 		return err
 	}
@@ -157,9 +163,11 @@ func (s *Server) ensureCredentials() error {
 		return err
 	}
 	tokenPath := filepath.Join(cfg.ServerDir(), "token")
-	if _, err := token.EnsureServerToken(tokenPath, caPEM, files.ServerCA.Cert, secret); err != nil {
+	tok, err := token.EnsureServerToken(tokenPath, caPEM, files.ServerCA.Cert, secret)
+	if err != nil {
 		return err // names the token and the CA already
 	}
+	s.token = tok
 	// node-token is k3s's historic name for the same file.
 	nodeToken := filepath.Join(cfg.ServerDir(), "node-token")
 	if _, err := os.Lstat(nodeToken); errors.Is(err, os.ErrNotExist) {
@@ -212,8 +220,15 @@ func (s *Server) writeUserKubeconfig() error {
 func (s *Server) buildComponents() error {
 	cfg, f := s.cfg, s.files
 	kine := &datastore.Kine{Dir: cfg.ServerDir(), Endpoint: cfg.DatastoreEndpoint, Sync: cfg.SQLiteSync}
+	egressSocket := filepath.Join(cfg.ServerDir(), "egress.sock")
+	egressConfig, err := writeEgressConfig(cfg.ServerDir(), egressSocket)
+	if err != nil {
+		return err
+	}
 
-	apiArgs, err := control.Args(s.apiserverDefaults(kine), cfg.APIServerArgs)
+	defaults := s.apiserverDefaults(kine)
+	defaults["egress-selector-config-file"] = egressConfig
+	apiArgs, err := control.Args(defaults, cfg.APIServerArgs)
 	if err != nil {
 		return fmt.Errorf("--kube-apiserver-arg: %w", err)
 	}
@@ -261,6 +276,16 @@ func (s *Server) buildComponents() error {
 		return fmt.Errorf("--kube-controller-manager-arg: %w", err)
 	}
 
+	admin := filepath.Join(cfg.CredDir(), "admin.kubeconfig")
+	client := sync.OnceValues(func() (kubernetes.Interface, error) { return control.Clientset(admin) })
+	tun := tunnel.NewServer(egressSocket, client)
+	joins, err := s.newJoinHandler(client)
+	if err != nil {
+		return fmt.Errorf("join endpoints: %w", err)
+	}
+	handlers := joins.routes()
+	handlers[join.ConnectPath] = tun.Handler()
+
 	m := component.NewManager()
 	m.Add(
 		kine,
@@ -280,7 +305,9 @@ func (s *Server) buildComponents() error {
 			KeyFile:       f.Serving.Key,
 			ProxyCertFile: f.AuthProxy.Cert,
 			ProxyKeyFile:  f.AuthProxy.Key,
+			Handlers:      handlers,
 		},
+		tun,
 		&control.RBAC{Kubeconfig: filepath.Join(cfg.CredDir(), "admin.kubeconfig")},
 		&control.KubernetesEndpoints{
 			Kubeconfig: filepath.Join(cfg.CredDir(), "admin.kubeconfig"),

@@ -1,4 +1,5 @@
-package server
+// Package lock keeps two berth processes off one data dir.
+package lock
 
 import (
 	"errors"
@@ -10,9 +11,9 @@ import (
 	"syscall"
 )
 
-// lockDataDir takes an exclusive lock on the data dir so that two berth
+// DataDir takes an exclusive lock on the data dir so that two berth
 // processes never share one datastore and PKI.
-func lockDataDir(dataDir string) (func(), error) {
+func DataDir(dataDir string) (func(), error) {
 	path := filepath.Join(dataDir, "berth.lock")
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
