@@ -127,7 +127,13 @@ func (s *server) start() {
 	if err := os.WriteFile(s.configPath(), []byte(s.configYAML), 0o600); err != nil {
 		s.t.Fatal(err)
 	}
-	s.cmd = exec.Command(berthBin, s.args()...)
+	s.startArgs(s.args()...)
+}
+
+// startArgs launches berth with args, killed at test cleanup if still running.
+func (s *server) startArgs(args ...string) {
+	s.t.Helper()
+	s.cmd = exec.Command(berthBin, args...)
 	s.out = &syncBuffer{}
 	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
 	s.cmd.Env = append(cleanEnv(), s.env...)

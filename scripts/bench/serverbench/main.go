@@ -355,6 +355,7 @@ func main() {
 		{"writes", func() error { return benchWrites(root) }},
 		{"node", func() error { return benchNode(root) }},
 		{"pods", func() error { return benchPods(root) }},
+		{"agent", func() error { return benchAgent(root) }},
 	}
 	failed := false
 	for _, s := range steps {
