@@ -20,6 +20,7 @@ func main() {
 		cli.NewCheckConfig(),
 		cli.NewCtr(),
 		cli.NewCrictl(),
+		cli.NewToken(),
 	)
 	cli.Main(root)
 }
