@@ -207,10 +207,10 @@ func (o *tokenOptions) deleteCommand() *cobra.Command {
 				return err
 			}
 			var errs []error
-			for _, a := range args {
+			for i, a := range args {
 				id, err := token.BootstrapID(a)
 				if err != nil {
-					errs = append(errs, fmt.Errorf("argument %d: %w", len(errs)+1, err))
+					errs = append(errs, fmt.Errorf("argument %d: %w", i+1, err))
 					continue
 				}
 				if err := token.DeleteBootstrap(cmd.Context(), cs, id); err != nil {
@@ -350,7 +350,7 @@ func (o *tokenOptions) serverCA(ctx context.Context, cs kubernetes.Interface, re
 	caPEM, err := os.ReadFile(caPath)
 	if err == nil {
 		if err := sameCA(caPEM, restCfg); err != nil {
-			return nil, fmt.Errorf("the kubeconfig and the data dir %s are not the same cluster (pass the right --data-dir or --kubeconfig): %w", o.dataDir, err)
+			return nil, fmt.Errorf("the kubeconfig and the data dir %s are not the same cluster (pass the right --data-dir or --kubeconfig): %s: %w", o.dataDir, caPath, err)
 		}
 		return caPEM, nil
 	}
@@ -394,7 +394,7 @@ func sameCA(caPEM []byte, restCfg *rest.Config) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("the kubeconfig does not trust the server CA %q", server[0].Subject.CommonName)
+	return fmt.Errorf("the kubeconfig trusts another CA than this one (%q)", server[0].Subject.CommonName)
 }
 
 // reachError adds what to check to an error that is not an answer from the

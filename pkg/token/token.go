@@ -250,7 +250,7 @@ func RotateServerToken(path string, caPEM []byte, caPath string, newSecret strin
 	if err := writeServerToken(path, tok); err != nil {
 		return Token{}, fmt.Errorf("rotate server token: %w", err)
 	}
-	klog.Infof("Rotated the server token in %s", path)
+	klog.V(1).Infof("Rotated the server token in %s", path)
 	return tok, nil
 }
 
