@@ -22,6 +22,7 @@ func main() {
 		cli.NewCheckConfig(),
 		cli.NewCtr(),
 		cli.NewCrictl(),
+		cli.NewToken(),
 	)
 	cli.Main(root)
 }

@@ -66,7 +66,9 @@ func pair(dir, name string) Pair {
 	return Pair{Cert: filepath.Join(dir, name+".crt"), Key: filepath.Join(dir, name+".key")}
 }
 
-func filesIn(dir string) *Files {
+// FilesIn returns the paths Ensure maintains in dir, for readers that must
+// not run Ensure (berth token reads the server CA).
+func FilesIn(dir string) *Files {
 	return &Files{
 		ServerCA:          pair(dir, "server-ca"),
 		ClientCA:          pair(dir, "client-ca"),
@@ -107,7 +109,7 @@ func Ensure(cfg Config) (*Files, error) {
 	if err := ensureDir(dir); err != nil {
 		return nil, err
 	}
-	files := filesIn(dir)
+	files := FilesIn(dir)
 
 	// The CAs, the service account key and later the leaves are independent
 	// of each other, so each group is handled concurrently: first start is

@@ -218,3 +218,164 @@ func TestEnsureServerTokenBadFile(t *testing.T) {
 		t.Errorf("unwritable path: error %v, want one naming %s", err, bad)
 	}
 }
+
+const bootstrapTok = "abcdef.0123456789abcdef"
+
+func TestBootstrapRoundTrip(t *testing.T) {
+	full, err := FormatBootstrap(caPEM, bootstrapTok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if full != "K10"+CAHash(caPEM)+"::"+bootstrapTok {
+		t.Fatalf("FormatBootstrap = %q", full)
+	}
+	tok, err := Parse(full + "\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Token{CAHash: CAHash(caPEM), User: "abcdef", Password: "0123456789abcdef", Bootstrap: true}
+	if tok != want {
+		t.Errorf("Parse = %+v, want %+v", tok, want)
+	}
+	if tok.String() != full || tok.BootstrapToken() != bootstrapTok {
+		t.Errorf("String = %q, BootstrapToken = %q", tok.String(), tok.BootstrapToken())
+	}
+
+	// Bare: no CA hash to pin, still a bootstrap token.
+	bare, err := Parse(" " + bootstrapTok + "\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bare != (Token{User: "abcdef", Password: "0123456789abcdef", Bootstrap: true}) || bare.String() != bootstrapTok {
+		t.Errorf("bare bootstrap token parsed as %+v / %q", bare, bare.String())
+	}
+
+	// user:password tokens are not bootstrap tokens, even when the parts
+	// have bootstrap shapes.
+	for _, s := range []string{
+		Format(caPEM, "abcdef", "0123456789abcdef"),
+		Format(caPEM, "server", bootstrapTok),
+		"ABCDEF.0123456789ABCDEF", // upper case is not a bootstrap token
+		"abcdef.0123456789abcde",  // secret one short
+		"abcdef-0123456789abcdef",
+	} {
+		tok, err := Parse(s)
+		if err != nil || tok.Bootstrap || tok.BootstrapToken() != "" || tok.String() != s {
+			t.Errorf("Parse(%q) = %+v, %v; want a non-bootstrap token printing back the same", s, tok, err)
+		}
+	}
+}
+
+func TestFormatBootstrapRejectsWithoutEcho(t *testing.T) {
+	for _, s := range []string{"", "abcdef.0123456789abcdeX", "abcdef:0123456789abcdef", "abcdefg.0123456789abcdef"} {
+		_, err := FormatBootstrap(caPEM, s)
+		if err == nil {
+			t.Errorf("FormatBootstrap(%q) succeeded", s)
+			continue
+		}
+		if s != "" && strings.Contains(err.Error(), s) {
+			t.Errorf("error %q quotes the secret", err)
+		}
+	}
+}
+
+func TestParseK10BootstrapErrors(t *testing.T) {
+	// A malformed bootstrap part is read as user:password and fails as such.
+	_, err := Parse("K10" + hashA + "::abcdef.0123")
+	if err == nil || !strings.Contains(err.Error(), "<id>.<secret>") {
+		t.Errorf("malformed K10 bootstrap token: error %v", err)
+	}
+}
+
+// A bootstrap-shaped --token is a shared secret like any other: the server
+// keeps all of it as its password.
+func TestEnsureServerTokenBootstrapShapedSecret(t *testing.T) {
+	dir := t.TempDir()
+	for i, secret := range []string{bootstrapTok, "K10" + CAHash(caPEM) + "::" + bootstrapTok} {
+		path := filepath.Join(dir, "token"+string(rune('a'+i)))
+		tok, err := EnsureServerToken(path, caPEM, "/ca.crt", secret)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tok.Bootstrap || tok.User != "server" || tok.Password != bootstrapTok {
+			t.Errorf("secret %q: token %+v, want server:%s", secret, tok, bootstrapTok)
+		}
+		again, err := EnsureServerToken(path, caPEM, "/ca.crt", secret)
+		if err != nil || again != tok {
+			t.Errorf("secret %q on restart: %+v, %v", secret, again, err)
+		}
+	}
+}
+
+func TestRotateServerToken(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "token")
+	link := filepath.Join(dir, "node-token")
+	if err := os.Symlink("token", link); err != nil {
+		t.Fatal(err)
+	}
+	old, err := EnsureServerToken(path, caPEM, "/ca.crt", "old-secret")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	rotated, err := RotateServerToken(path, caPEM, "/ca.crt", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rotated.Password == old.Password || rotated.User != "server" || rotated.CAHash != old.CAHash ||
+		!regexp.MustCompile(`^[0-9a-f]{32}$`).MatchString(rotated.Password) {
+		t.Errorf("rotated %+v from %+v", rotated, old)
+	}
+	checkMode(t, path)
+	for _, p := range []string{path, link} {
+		data, _ := os.ReadFile(p)
+		if strings.TrimSpace(string(data)) != rotated.String() {
+			t.Errorf("%s holds %q, want %q", p, data, rotated.String())
+		}
+	}
+	// The rotated token is what the server now accepts as --token.
+	if again, err := EnsureServerToken(path, caPEM, "/ca.crt", rotated.String()); err != nil || again != rotated {
+		t.Errorf("server start after rotation: %+v, %v", again, err)
+	}
+
+	given, err := RotateServerToken(path, caPEM, "/ca.crt", "chosen-secret")
+	if err != nil || given.Password != "chosen-secret" {
+		t.Errorf("--new-token: %+v, %v", given, err)
+	}
+}
+
+func TestRotateServerTokenRefuses(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "token")
+	_, err := RotateServerToken(path, caPEM, "/ca.crt", "")
+	if err == nil || !strings.Contains(err.Error(), "no server token at "+path) {
+		t.Errorf("missing token: error %v", err)
+	}
+	if _, statErr := os.Stat(path); statErr == nil {
+		t.Error("rotation created a token file")
+	}
+
+	if _, err := EnsureServerToken(path, caPEM, "/ca.crt", "same"); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.ReadFile(path)
+	for _, tc := range []struct {
+		ca          []byte
+		secret, msg string
+	}{
+		{caPEM, "same", "same as the current one"},
+		{caPEM, Format(otherCAPEM, "server", "x"), "different cluster CA"},
+		{caPEM, "K10nothex::server:x", "--new-token"},
+		{otherCAPEM, "", "does not match the cluster CA"},
+	} {
+		_, err := RotateServerToken(path, tc.ca, "/ca.crt", tc.secret)
+		if err == nil || !strings.Contains(err.Error(), tc.msg) {
+			t.Errorf("secret %q: error %v, want one mentioning %q", tc.secret, err, tc.msg)
+		}
+	}
+	after, _ := os.ReadFile(path)
+	if string(before) != string(after) {
+		t.Error("a refused rotation changed the token file")
+	}
+}
