@@ -86,6 +86,45 @@ func TestJoinBadInput(t *testing.T) {
 		_ = a.cmd.Process.Signal(syscall.SIGTERM)
 		<-a.done
 	})
+	caPEM, err := os.ReadFile(filepath.Join(s.dataDir, "server", "tls", "server-ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bootstrap := func(t *testing.T, ttl time.Duration) token.Token {
+		raw, err := token.GenerateBootstrap()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := token.CreateBootstrap(context.Background(), cs, raw, ttl, "join test", nil, nil); err != nil {
+			t.Fatal(err)
+		}
+		full, err := token.FormatBootstrap(caPEM, raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bt, err := token.Parse(full)
+		if err != nil || !bt.Bootstrap {
+			t.Fatalf("parse %v: %v", bt.Bootstrap, err)
+		}
+		return bt
+	}
+	t.Run("bootstrap token works until deleted", func(t *testing.T) {
+		bt := bootstrap(t, time.Hour)
+		if err := signAs(t, url, bt, "boot-1", "boot-1-password-000000000001"); err != nil {
+			t.Fatalf("join with a fresh bootstrap token: %v", err)
+		}
+		if err := token.DeleteBootstrap(context.Background(), cs, bt.User); err != nil {
+			t.Fatal(err)
+		}
+		code, out := joinAgent(t, url, bt.String(), "boot-2", "")
+		wantRefused(t, code, out, "token rejected", "bootstrap token "+bt.User+" does not exist")
+	})
+	t.Run("expired bootstrap token", func(t *testing.T) {
+		bt := bootstrap(t, time.Second)
+		time.Sleep(1500 * time.Millisecond)
+		code, out := joinAgent(t, url, bt.String(), "boot-3", "")
+		wantRefused(t, code, out, "token rejected", "bootstrap token "+bt.User+" expired")
+	})
 	t.Run("duplicate node name", func(t *testing.T) {
 		// A first machine joins as "twin" and its Node exists.
 		if err := signAs(t, url, tok, "twin", "first-machine-password-0001"); err != nil {
