@@ -42,9 +42,9 @@ const (
 	subnetPrefix = "10.99.0."
 	firstHostNum = 10 // node i gets 10.99.0.(10+i)
 
-	netnsPrefix  = "berth-mn-" // network namespaces berth-mn-<node>
+	netnsPrefix  = "berth-mn-" // network namespaces berth-mn-<short>
 	linkPrefix   = "bmn"       // bmn0 and the host ends bmn-<short>
-	cgroupPrefix = "berth-mn-" // kubelet cgroup roots /berth-mn-<node>
+	cgroupPrefix = "berth-mn-" // kubelet cgroup roots /berth-mn-<short>
 	iptComment   = "berth-mn-harness"
 
 	// ServerName is the server node's name; its address is 10.99.0.10.
@@ -327,7 +327,7 @@ func (c *Cluster) Client() (kubernetes.Interface, error) {
 }
 
 // WaitNodeReady waits until node n is Ready (with after set: with a Ready
-// heartbeat newer than after, i.e. from a restarted kubelet). It fails the
+// heartbeat later than after, e.g. from a kubelet started after it). It fails the
 // test at once, with the log, when n's or the server's berth exits. It
 // returns the clientset it used.
 func (c *Cluster) WaitNodeReady(t *testing.T, n *Node, timeout time.Duration, after time.Time) kubernetes.Interface {
@@ -369,7 +369,9 @@ func nodeReady(ctx context.Context, cs kubernetes.Interface, name string, after 
 		if cond.Status != corev1.ConditionTrue {
 			return fmt.Errorf("Ready=%s: %s", cond.Status, cond.Message)
 		}
-		if !after.IsZero() && cond.LastHeartbeatTime.Time.Before(after.Truncate(time.Second)) {
+		// Heartbeats have whole seconds: one after `after` is from a
+		// kubelet that ran after it.
+		if !after.IsZero() && !cond.LastHeartbeatTime.Time.After(after) {
 			return fmt.Errorf("Ready heartbeat %s is from before %s", cond.LastHeartbeatTime, after.Format(time.RFC3339))
 		}
 		return nil
@@ -382,11 +384,11 @@ func nodeReady(ctx context.Context, cs kubernetes.Interface, name string, after 
 
 // Node is one berth node: its namespaces, cgroups, dirs and berth process.
 type Node struct {
-	Name       string // node name (--node-name) and the suffix of every per-node name
+	Name       string // node name (--node-name), e.g. mn-agent1; <short> is it without "mn-"
 	IP         string // 10.99.0.(10+i) on NodeIface
-	NetNS      string // berth-mn-<name>, in /run/netns
-	HostVeth   string // the veth's root-namespace end, on bmn0
-	CgroupRoot string // /berth-mn-<name> in every cgroup hierarchy (kubelet cgroup-root)
+	NetNS      string // berth-mn-<short>, in /run/netns
+	HostVeth   string // bmn-<short>: the veth's root-namespace end, on bmn0
+	CgroupRoot string // /berth-mn-<short> in every cgroup hierarchy (kubelet cgroup-root)
 	Dir        string // everything of the node: data, root/ (its private dirs), log
 	DataDir    string // -d
 	LogPath    string // berth's stdout and stderr (and the mount holder's)
@@ -426,9 +428,9 @@ func (c *Cluster) AddNode(t *testing.T, name string) *Node {
 	n := &Node{
 		Name:       name,
 		IP:         fmt.Sprintf("%s%d", subnetPrefix, firstHostNum+i),
-		NetNS:      netnsPrefix + name,
+		NetNS:      netnsPrefix + short,
 		HostVeth:   linkPrefix + "-" + short,
-		CgroupRoot: "/" + cgroupPrefix + name,
+		CgroupRoot: "/" + cgroupPrefix + short,
 		Dir:        filepath.Join(c.Dir, name),
 		c:          c,
 	}
@@ -794,9 +796,10 @@ func (n *Node) teardown(logf func(string, ...any)) (problems []string) {
 	n.tornDown = true
 	n.mu.Unlock()
 
+	started := n.ExitState() != "not started"
 	if code, err := n.Stop(stopGrace); err != nil {
 		logf("%v", err)
-	} else if n.cmd != nil {
+	} else if started {
 		logf("node %s: berth exited with code %d", n.Name, code)
 	}
 
@@ -814,7 +817,7 @@ func (n *Node) teardown(logf func(string, ...any)) (problems []string) {
 		return uniq(pids)
 	}
 	if pids := find(); len(pids) > 0 {
-		logf("node %s: killing %d processes left after berth: %s", n.Name, len(pids), describeBriefly(pids))
+		logf("node %s: killing %d leftover processes: %s", n.Name, len(pids), describeBriefly(pids))
 	}
 	if left := killUntilGone(find, 30*time.Second); len(left) > 0 {
 		problems = append(problems, fmt.Sprintf("processes survive SIGKILL: %s", describePIDs(left)))

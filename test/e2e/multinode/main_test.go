@@ -213,6 +213,9 @@ func sweep(logf func(string, ...any), atStart bool) {
 			}
 		}
 	}
+	if pids := ourProcesses(); len(pids) > 0 {
+		logf("sweep: killing %d processes: %s", len(pids), describeBriefly(pids))
+	}
 	if left := killUntilGone(ourProcesses, 30*time.Second); len(left) > 0 {
 		logf("sweep: processes survive SIGKILL: %s", describePIDs(left))
 	}

@@ -16,9 +16,10 @@ import (
 
 const busybox = "berth.local/busybox:1.36"
 
-// TestHarnessServerNode proves the harness with one node: a berth server in
-// its own network and mount namespaces becomes Ready, runs a pod, listens
-// on its own address only, and keeps the pod across a restart.
+// TestHarnessServerNode proves the harness with one berth node: a server in
+// its own network and mount namespaces and cgroup root becomes Ready, is
+// reachable from another node's namespace, runs a pod, and keeps it across
+// a restart.
 func TestHarnessServerNode(t *testing.T) {
 	c := NewCluster(t)
 	t0 := time.Now()
@@ -47,6 +48,16 @@ func TestHarnessServerNode(t *testing.T) {
 	// containerd's socket exists only in the node's mount namespace.
 	if _, err := srv.Exec(ctx, "test", "-S", "/run/berth/containerd/containerd.sock"); err != nil {
 		t.Errorf("containerd socket not in the node's mount namespace: %v", err)
+	}
+
+	// A second node's namespace (no berth on it yet) reaches the server's
+	// public port across the bridge, and the serving certificate is valid
+	// for the advertise address.
+	peer := c.AddNode(t, "mn-agent1")
+	ca := filepath.Join(srv.DataDir, "server", "tls", "server-ca.crt")
+	out, err = peer.Exec(ctx, "curl", "-sS", "--max-time", "10", "--cacert", ca, c.ServerURL()+"/ping")
+	if err != nil || strings.TrimSpace(out) != "pong" {
+		t.Errorf("GET %s/ping from %s: %v %q", c.ServerURL(), peer.NetNS, err, out)
 	}
 
 	ns := "mn-harness"
@@ -81,7 +92,8 @@ func TestHarnessServerNode(t *testing.T) {
 	if err := srv.Restart(); err != nil {
 		t.Fatalf("restart: %v\n%s", err, srv.LogTail(40))
 	}
-	cs = c.WaitNodeReady(t, srv, 3*time.Minute, before)
+	cs = c.WaitNodeReady(t, srv, 3*time.Minute, time.Now())
+	t.Logf("node %s Ready again %s after the restart began", srv.Name, time.Since(before).Round(100*time.Millisecond))
 	pod = waitPod(t, cs, ns, "bb", 2*time.Minute, podRunning)
 	if got := pod.Status.ContainerStatuses[0]; got.ContainerID != cid || got.RestartCount != 0 {
 		t.Errorf("after restart: container %s (restarts %d), want %s (0)", got.ContainerID, got.RestartCount, cid)
