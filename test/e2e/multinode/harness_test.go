@@ -6,6 +6,22 @@ package multinode
 // process, so the node keeps its mounts across berth restarts as a real host
 // does), a kubelet cgroup root, a data dir, and a berth process started in
 // those namespaces with arbitrary arguments.
+//
+// A server and an agent (once `agent` joins):
+//
+//	c := NewCluster(t)
+//	srv := c.StartServer(t)
+//	c.WaitNodeReady(t, srv, 3*time.Minute, time.Time{})
+//	tok, err := c.Token()
+//	a := c.AddNode(t, "mn-agent1") // 10.99.0.11, netns berth-mn-agent1
+//	err = a.StartBinary(berthAgentBin, append([]string{"agent",
+//		"--server", c.ServerURL(), "--token", tok}, a.NodeArgs()...)...)
+//	cs := c.WaitNodeReady(t, a, 3*time.Minute, time.Time{})
+//	out, err := a.Exec(ctx, "iptables-save") // the node's own rules
+//
+// Teardown is automatic (t.Cleanup; TestMain on interrupts and before the
+// binary's -timeout) and checked: TestMain fails the run when anything of
+// ours is left on the host.
 
 import (
 	"bufio"
@@ -397,6 +413,7 @@ type Node struct {
 	c *Cluster
 
 	mu         sync.Mutex
+	bin        string
 	args       []string
 	cmd        *exec.Cmd
 	done       chan struct{}
@@ -628,10 +645,14 @@ func (n *Node) nsenterArgs() ([]string, error) {
 }
 
 // Start runs bin/berth with args (everything after the binary name, e.g.
-// "agent", "--server", c.ServerURL(), … plus NodeArgs()) in the node's
-// namespaces, in its own process group, killed if the test dies. It
-// returns once the process is inside the node's mount namespace.
-func (n *Node) Start(args ...string) error {
+// "server", … plus NodeArgs()) in the node's namespaces; see StartBinary.
+func (n *Node) Start(args ...string) error { return n.StartBinary(berthBin, args...) }
+
+// StartBinary runs bin (berthBin, berthAgentBin) with args in the node's
+// namespaces, in its own process group, killed if the test dies, output to
+// LogPath. It returns once the process is inside the node's mount
+// namespace.
+func (n *Node) StartBinary(bin string, args ...string) error {
 	ns, err := n.nsenterArgs()
 	if err != nil {
 		return err
@@ -650,7 +671,7 @@ func (n *Node) Start(args ...string) error {
 		return err
 	}
 	fmt.Fprintf(f, "\n===== multinode: starting berth on %s %s: %s =====\n", n.Name, time.Now().Format(time.RFC3339), strings.Join(args, " "))
-	cmd := exec.Command("nsenter", append(append(ns, "--", berthBin), args...)...)
+	cmd := exec.Command("nsenter", append(append(ns, "--", bin), args...)...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Env = cleanEnv()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -660,7 +681,7 @@ func (n *Node) Start(args ...string) error {
 	}
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); f.Close(); close(done) }()
-	n.args, n.cmd, n.done = args, cmd, done
+	n.bin, n.args, n.cmd, n.done = bin, args, cmd, done
 
 	// nsenter enters the namespaces and execs berth (same pid).
 	deadline := time.Now().Add(10 * time.Second)
@@ -740,10 +761,10 @@ func (n *Node) Stop(timeout time.Duration) (int, error) {
 }
 
 // Restart stops berth gracefully (SIGTERM, 30 s) and starts it again with
-// the same arguments, in the same namespaces.
+// the same binary and arguments, in the same namespaces.
 func (n *Node) Restart() error {
 	n.mu.Lock()
-	args := n.args
+	bin, args := n.bin, n.args
 	n.mu.Unlock()
 	if args == nil {
 		return fmt.Errorf("berth was never started on %s", n.Name)
@@ -753,7 +774,7 @@ func (n *Node) Restart() error {
 	} else if code != 0 {
 		return fmt.Errorf("berth on %s exited with code %d on SIGTERM", n.Name, code)
 	}
-	return n.Start(args...)
+	return n.StartBinary(bin, args...)
 }
 
 // Exec runs a command in the node's network and mount namespaces (so

@@ -31,10 +31,13 @@ import (
 )
 
 var (
-	berthBin   string
-	imagesDir  string // the built image tarballs (BERTH_IMAGES)
-	skipReason string // set when the suite cannot run here
-	runDir     string // this run's temporary dir, <tmp>/berth-mn-run-*
+	berthBin string
+	// berthAgentBin is the agent-only binary: BERTH_AGENT_BIN, else
+	// berth-agent beside berthBin (make build builds both).
+	berthAgentBin string
+	imagesDir     string // the built image tarballs (BERTH_IMAGES)
+	skipReason    string // set when the suite cannot run here
+	runDir        string // this run's temporary dir, <tmp>/berth-mn-run-*
 
 	// sysctlsAtStart are the global kernel tunables the kubelet changes,
 	// as they were before the run; restored at the end.
@@ -70,6 +73,10 @@ func TestMain(m *testing.M) {
 	}
 	if abs, err := filepath.Abs(berthBin); err == nil {
 		berthBin = abs
+	}
+	berthAgentBin = os.Getenv("BERTH_AGENT_BIN")
+	if berthAgentBin == "" {
+		berthAgentBin = filepath.Join(filepath.Dir(berthBin), "berth-agent")
 	}
 	imagesDir = os.Getenv("BERTH_IMAGES")
 	if imagesDir == "" {
