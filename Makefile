@@ -24,7 +24,8 @@ GOBUILD := CGO_ENABLED=1 $(GO) build -trimpath -tags "$(TAGS)" -ldflags "$(LDFLA
 UNIT_PKGS := ./pkg/... ./images/...
 # Integration tests start the real server binary.
 INTEGRATION_PKGS := ./test/integration/...
-# End-to-end tests run a real single-node cluster with locally built images.
+# End-to-end tests run a real single-node cluster with locally built images;
+# test/e2e/multinode runs several nodes in their own namespaces.
 E2E_PKGS := ./test/e2e/...
 
 .PHONY: all build test unit integration e2e bench deps run clean vet
@@ -65,10 +66,12 @@ integration: build
 	BERTH_BIN=$(CURDIR)/$(BIN)/berth $(GO) test -count=1 -timeout 30m -tags "$(TAGS)" -v $(INTEGRATION_PKGS)
 
 # BERTH_IMAGES: the image tarballs `make images` built, imported by the
-# tests through the air-gap directory.
+# tests through the air-gap directory. -p 1: one package at a time (the
+# single-node suite's cleanup fails on any berth process left on the host,
+# the multi-node one's included).
 e2e: build images
 	BERTH_BIN=$(CURDIR)/$(BIN)/berth BERTH_IMAGES=$(CURDIR)/dist/images \
-	  $(GO) test -count=1 -timeout 30m -tags "$(TAGS)" -v $(E2E_PKGS)
+	  $(GO) test -count=1 -p 1 -timeout 30m -tags "$(TAGS)" -v $(E2E_PKGS)
 
 test: unit integration e2e
 
