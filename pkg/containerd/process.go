@@ -15,6 +15,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/berth-io/berth/pkg/atomicfile"
+	"github.com/berth-io/berth/pkg/memory"
 )
 
 // maxLogSize is when containerd.log is rotated (to .1) at start.
@@ -92,6 +93,19 @@ func (c *Containerd) spawn() error {
 	c.cmd, c.exited = cmd, exited
 	c.mu.Unlock()
 	klog.Infof("started containerd (pid %d), log %s", cmd.Process.Pid, cfg.LogPath())
+	// Once containerd's start-up (plugins, CRI, image import) is over, hand
+	// the pages of its binary that it no longer uses back to the kernel.
+	pid := cmd.Process.Pid
+	time.AfterFunc(30*time.Second, func() {
+		select {
+		case <-exited:
+			return
+		default:
+		}
+		if _, err := memory.PageOutBinary(pid); err != nil {
+			klog.V(2).Infof("containerd memory trim: %v", err)
+		}
+	})
 	return nil
 }
 

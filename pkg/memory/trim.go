@@ -31,16 +31,23 @@ func Starting() {
 	}
 }
 
-// Started applies DefaultGCPercent unless GOGC is set, and trims.
+// Started applies DefaultGCPercent unless GOGC is set, and returns the
+// start-up garbage. The binary's pages stay until Trim: the first minute
+// (node registration, first syncs) still runs code start-up shares.
 func Started() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(DefaultGCPercent)
 	}
-	Trim()
+	debug.FreeOSMemory()
 }
 
-// Trim collects garbage and returns freed pages to the kernel.
+// Trim collects garbage and returns freed pages to the kernel, heap and
+// binary alike.
 func Trim() {
 	debug.FreeOSMemory()
-	klog.V(2).Info("memory trim: start-up garbage returned to the kernel")
+	n, err := PageOutBinary(0)
+	if err != nil {
+		klog.V(2).Infof("memory trim: page out the binary: %v", err)
+	}
+	klog.V(2).Infof("memory trim: start-up garbage returned to the kernel; %d MiB of binary mappings paged out", n>>20)
 }
