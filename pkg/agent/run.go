@@ -177,17 +177,7 @@ func Run(ctx context.Context, o *JoinOptions) error {
 	memory.Started()
 	trimLater := time.AfterFunc(30*time.Second, memory.Trim)
 	defer trimLater.Stop()
-	var runErr error
-	select {
-	case <-ctx.Done():
-		klog.Info("stopping berth agent")
-	case runErr = <-m.Failed():
-		klog.Errorf("%v; stopping berth agent", runErr)
-	}
-	if err := m.Stop(StopTimeout); err != nil {
-		klog.Warningf("while stopping: %v", err)
-	}
-	return runErr
+	return m.Serve(ctx, "berth agent", StopTimeout)
 }
 
 func readToken(o *JoinOptions) (token.Token, error) {

@@ -141,6 +141,23 @@ func (m *Manager) Stop(timeout time.Duration) error {
 	return errors.Join(errs...)
 }
 
+// Serve waits until ctx ends (a clean stop: nil) or a component fails (its
+// error), then stops every component. A component that does not stop
+// within stopTimeout is abandoned: the process is about to exit.
+func (m *Manager) Serve(ctx context.Context, what string, stopTimeout time.Duration) error {
+	var runErr error
+	select {
+	case <-ctx.Done():
+		klog.Infof("stopping %s", what)
+	case runErr = <-m.Failed():
+		klog.Errorf("%v; stopping %s", runErr, what)
+	}
+	if err := m.Stop(stopTimeout); err != nil {
+		klog.Warningf("while stopping: %v", err)
+	}
+	return runErr
+}
+
 func (m *Manager) stopStarted() {
 	if err := m.Stop(30 * time.Second); err != nil {
 		klog.Errorf("stopping after a failed start: %v", err)

@@ -173,3 +173,34 @@ func TestRunnerStopTimeout(t *testing.T) {
 		t.Fatal("a component that does not stop must be reported")
 	}
 }
+
+func TestManagerServe(t *testing.T) {
+	// A failing component ends Serve with its error and stops the others.
+	m := NewManager()
+	stopped := make(chan struct{})
+	m.Add(NewRunner("steady", func(ctx context.Context) error { <-ctx.Done(); close(stopped); return nil }),
+		NewRunner("flaky", func(context.Context) error { return errors.New("lost") }))
+	if err := m.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Serve(context.Background(), "test", 5*time.Second); err == nil || !strings.Contains(err.Error(), "flaky") {
+		t.Errorf("Serve returned %v, want the flaky component's failure", err)
+	}
+	select {
+	case <-stopped:
+	default:
+		t.Error("the steady component was not stopped")
+	}
+
+	// A cancelled context is a clean stop.
+	m = NewManager()
+	m.Add(NewRunner("steady", func(ctx context.Context) error { <-ctx.Done(); return nil }))
+	if err := m.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := m.Serve(ctx, "test", 5*time.Second); err != nil {
+		t.Errorf("Serve after cancel: %v", err)
+	}
+}

@@ -69,19 +69,8 @@ func Run(ctx context.Context, cfg *Config) error {
 	memory.Started()
 	trimLater := time.AfterFunc(30*time.Second, memory.Trim)
 	defer trimLater.Stop()
-	var runErr error
-	select {
-	case <-ctx.Done():
-		klog.Info("stopping berth server")
-	case runErr = <-s.manager.Failed():
-		klog.Errorf("%v; stopping berth server", runErr)
-	}
-	if err := s.manager.Stop(StopTimeout); err != nil {
-		// A component that does not stop in time is abandoned: the process
-		// is about to exit, and the datastore was stopped last.
-		klog.Warningf("while stopping: %v", err)
-	}
-	return runErr
+	// The datastore is stopped last.
+	return s.manager.Serve(ctx, "berth server", StopTimeout)
 }
 
 func (s *Server) prepare() error {

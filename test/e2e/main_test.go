@@ -11,11 +11,9 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -32,6 +30,8 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/berth-io/berth/pkg/flannel"
+
+	"github.com/berth-io/berth/test/testutil"
 )
 
 const (
@@ -71,58 +71,18 @@ func TestMain(m *testing.M) {
 		os.Exit(m.Run())
 	}
 	root, _ := filepath.Abs("../..")
-	berthBin = os.Getenv("BERTH_BIN")
-	if berthBin == "" {
-		cmd := exec.Command("make", "-C", root, "build", "images")
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Run(); err != nil {
-			fmt.Fprintf(os.Stderr, "build berth and images: %v\n", err)
-			os.Exit(1)
-		}
-		berthBin = filepath.Join(root, "bin", "berth")
+	a, err := testutil.Build(root)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
 	}
-	imagesDir = os.Getenv("BERTH_IMAGES")
-	if imagesDir == "" {
-		imagesDir = filepath.Join(root, "dist", "images")
-	}
+	berthBin, imagesDir = a.Berth, a.Images
 	os.Exit(run(m))
 }
 
 func run(m *testing.M) (code int) {
-	var once sync.Once
-	var cleanupOK bool
-	cleanupAll := func() { once.Do(func() { cleanupOK = teardown() }) }
-
-	// Interrupts and the test binary's own -timeout (which panics in a timer
-	// goroutine, skipping every defer) must not leave a node behind.
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	go func() {
-		s := <-sigs
-		fmt.Fprintf(os.Stderr, "e2e: got %v, cleaning up\n", s)
-		cleanupAll()
-		os.Exit(2)
-	}()
-	if f := flag.Lookup("test.timeout"); f != nil {
-		if d, err := time.ParseDuration(f.Value.String()); err == nil && d > 2*time.Minute {
-			timer := time.AfterFunc(d-90*time.Second, func() {
-				fmt.Fprintln(os.Stderr, "e2e: test timeout is near, cleaning up")
-				cleanupAll()
-				os.Exit(3)
-			})
-			defer timer.Stop()
-		}
-	}
-	defer func() {
-		if r := recover(); r != nil {
-			cleanupAll()
-			panic(r)
-		}
-		cleanupAll()
-		if !cleanupOK && code == 0 {
-			code = 1
-		}
-	}()
+	g := testutil.NewGuard(func(format string, a ...any) { fmt.Fprintf(os.Stderr, "e2e: "+format+"\n", a...) }, teardown)
+	defer g.Done(&code)
 
 	var err error
 	clu, err = startCluster()
@@ -182,7 +142,7 @@ func startCluster() (*cluster, error) {
 		return c, fmt.Errorf("no image tarballs in %s (run make images)", imagesDir)
 	}
 	for _, src := range tars {
-		if err := copyFile(src, filepath.Join(imgDst, filepath.Base(src))); err != nil {
+		if err := testutil.CopyFile(src, filepath.Join(imgDst, filepath.Base(src))); err != nil {
 			return c, err
 		}
 	}
@@ -216,7 +176,7 @@ func (c *cluster) start() error {
 	fmt.Fprintf(f, "\n===== e2e: starting berth %s =====\n", time.Now().Format(time.RFC3339))
 	cmd := exec.Command(berthBin, c.args...)
 	cmd.Stdout, cmd.Stderr = f, f
-	cmd.Env = cleanEnv()
+	cmd.Env = testutil.CleanEnv()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		f.Close()
@@ -251,20 +211,11 @@ func (c *cluster) stop(timeout time.Duration) (int, error) {
 	if cmd == nil {
 		return 0, nil
 	}
-	select {
-	case <-done:
-		return cmd.ProcessState.ExitCode(), nil
-	default:
+	code, err := testutil.StopProcess(cmd, done, timeout)
+	if err != nil {
+		return code, fmt.Errorf("berth: %w", err)
 	}
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-done:
-		return cmd.ProcessState.ExitCode(), nil
-	case <-time.After(timeout):
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		<-done
-		return -1, fmt.Errorf("berth did not exit within %s of SIGTERM; killed", timeout)
-	}
+	return code, nil
 }
 
 func (c *cluster) logTail(n int) string {
@@ -604,7 +555,7 @@ func removeKubeChains(bin string) error {
 			case strings.HasPrefix(line, ":KUBE-"):
 				chains = append(chains, strings.Fields(line[1:])[0])
 			case strings.HasPrefix(line, "-A ") && !strings.HasPrefix(line, "-A KUBE-") && strings.Contains(line, "-j KUBE-"):
-				args := append([]string{"-w", "-t", table, "-D"}, splitRule(line[3:])...)
+				args := append([]string{"-w", "-t", table, "-D"}, testutil.SplitRule(line[3:])...)
 				if o, err := exec.Command(bin, args...).CombinedOutput(); err != nil {
 					errs = append(errs, fmt.Sprintf("%s %v: %v %s", bin, args, err, o))
 				}
@@ -625,66 +576,8 @@ func removeKubeChains(bin string) error {
 	return nil
 }
 
-// splitRule splits an iptables-save rule into arguments, keeping quoted
-// strings (comments) together.
-func splitRule(s string) []string {
-	var args []string
-	var cur strings.Builder
-	inQuote, have := false, false
-	for i := 0; i < len(s); i++ {
-		ch := s[i]
-		switch {
-		case ch == '\\' && inQuote && i+1 < len(s):
-			i++
-			cur.WriteByte(s[i])
-		case ch == '"':
-			inQuote, have = !inQuote, true
-		case ch == ' ' && !inQuote:
-			if have {
-				args = append(args, cur.String())
-				cur.Reset()
-				have = false
-			}
-		default:
-			cur.WriteByte(ch)
-			have = true
-		}
-	}
-	if have {
-		args = append(args, cur.String())
-	}
-	return args
-}
-
 // ---------------------------------------------------------------------------
 // Small helpers.
-
-func cleanEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "BERTH_") && !strings.HasPrefix(kv, "KUBECONFIG=") && !strings.HasPrefix(kv, "CONTAINERD_") {
-			env = append(env, kv)
-		}
-	}
-	return env
-}
-
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.Create(dst)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
-}
 
 func sleep(ctx context.Context, d time.Duration) {
 	select {

@@ -45,6 +45,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/berth-io/berth/test/testutil"
 )
 
 const (
@@ -474,7 +476,7 @@ func (n *Node) setup() error {
 		return fmt.Errorf("no image tarballs in %s (run make images)", imagesDir)
 	}
 	for _, src := range tars {
-		if err := copyFile(src, filepath.Join(imgDst, filepath.Base(src))); err != nil {
+		if err := testutil.CopyFile(src, filepath.Join(imgDst, filepath.Base(src))); err != nil {
 			return err
 		}
 	}
@@ -547,7 +549,7 @@ func (n *Node) startHolder() error {
 		"unshare", "--mount", "--propagation", "private", "--",
 		"/bin/sh", "-c", sb.String())
 	cmd.Stderr = logf
-	cmd.Env = cleanEnv()
+	cmd.Env = testutil.CleanEnv()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -673,7 +675,7 @@ func (n *Node) StartBinary(bin string, args ...string) error {
 	fmt.Fprintf(f, "\n===== multinode: starting berth on %s %s: %s =====\n", n.Name, time.Now().Format(time.RFC3339), strings.Join(args, " "))
 	cmd := exec.Command("nsenter", append(append(ns, "--", bin), args...)...)
 	cmd.Stdout, cmd.Stderr = f, f
-	cmd.Env = cleanEnv()
+	cmd.Env = testutil.CleanEnv()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		f.Close()
@@ -744,20 +746,11 @@ func (n *Node) Stop(timeout time.Duration) (int, error) {
 	if cmd == nil {
 		return 0, nil
 	}
-	select {
-	case <-done:
-		return cmd.ProcessState.ExitCode(), nil
-	default:
+	code, err := testutil.StopProcess(cmd, done, timeout)
+	if err != nil {
+		return code, fmt.Errorf("berth on %s: %w", n.Name, err)
 	}
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-done:
-		return cmd.ProcessState.ExitCode(), nil
-	case <-time.After(timeout):
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		<-done
-		return -1, fmt.Errorf("berth on %s did not exit within %s of SIGTERM; killed", n.Name, timeout)
-	}
+	return code, nil
 }
 
 // Restart stops berth gracefully (SIGTERM, 30 s) and starts it again with
@@ -786,7 +779,7 @@ func (n *Node) Exec(ctx context.Context, args ...string) (string, error) {
 		return "", err
 	}
 	cmd := exec.CommandContext(ctx, "nsenter", append(append(ns, "--"), args...)...)
-	cmd.Env = cleanEnv()
+	cmd.Env = testutil.CleanEnv()
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return string(out), fmt.Errorf("%s on %s: %w", strings.Join(args, " "), n.Name, err)
@@ -1241,30 +1234,3 @@ func sleep(ctx context.Context, d time.Duration) {
 }
 
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
-
-func cleanEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "BERTH_") && !strings.HasPrefix(kv, "KUBECONFIG=") && !strings.HasPrefix(kv, "CONTAINERD_") {
-			env = append(env, kv)
-		}
-	}
-	return env
-}
-
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.Create(dst)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
-}

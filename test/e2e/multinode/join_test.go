@@ -88,7 +88,7 @@ func TestJoin(t *testing.T) {
 	t.Run("ClusterIP Service balances across both agents", func(t *testing.T) {
 		svc, err := cs.CoreV1().Services(ns).Create(ctx, &corev1.Service{
 			ObjectMeta: metav1.ObjectMeta{Name: "echo"},
-			Spec: corev1.ServiceSpec{Selector: labels, Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080)}}},
+			Spec:       corev1.ServiceSpec{Selector: labels, Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080)}}},
 		}, metav1.CreateOptions{})
 		if err != nil {
 			t.Fatal(err)

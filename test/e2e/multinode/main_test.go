@@ -20,14 +20,14 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/berth-io/berth/test/testutil"
 )
 
 var (
@@ -61,27 +61,12 @@ func TestMain(m *testing.M) {
 		}
 	}
 	root, _ := filepath.Abs("../../..")
-	berthBin = os.Getenv("BERTH_BIN")
-	if berthBin == "" {
-		cmd := exec.Command("make", "-C", root, "build", "images")
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Run(); err != nil {
-			fmt.Fprintf(os.Stderr, "build berth and images: %v\n", err)
-			os.Exit(1)
-		}
-		berthBin = filepath.Join(root, "bin", "berth")
+	a, err := testutil.Build(root)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
 	}
-	if abs, err := filepath.Abs(berthBin); err == nil {
-		berthBin = abs
-	}
-	berthAgentBin = os.Getenv("BERTH_AGENT_BIN")
-	if berthAgentBin == "" {
-		berthAgentBin = filepath.Join(filepath.Dir(berthBin), "berth-agent")
-	}
-	imagesDir = os.Getenv("BERTH_IMAGES")
-	if imagesDir == "" {
-		imagesDir = filepath.Join(root, "dist", "images")
-	}
+	berthBin, berthAgentBin, imagesDir = a.Berth, a.BerthAgent, a.Images
 	os.Exit(runTests(m))
 }
 
@@ -110,48 +95,14 @@ func runTests(m *testing.M) (code int) {
 		return 1
 	}
 
-	var once sync.Once
-	var clean bool
-	finish := func() {
-		once.Do(func() {
-			closeAllClusters()
-			sweep(logf, false)
-			restoreSysctls(logf, sysctlsAtStart)
-			_ = os.RemoveAll(runDir)
-			clean = verifyHostClean(logf)
-		})
-	}
-
-	// Interrupts and the test binary's own -timeout (which panics in a timer
-	// goroutine, skipping every defer) must not leave nodes behind.
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	go func() {
-		s := <-sigs
-		logf("got %v, cleaning up", s)
-		finish()
-		os.Exit(2)
-	}()
-	if f := flag.Lookup("test.timeout"); f != nil {
-		if d, err := time.ParseDuration(f.Value.String()); err == nil && d > 2*time.Minute {
-			timer := time.AfterFunc(d-90*time.Second, func() {
-				logf("test timeout is near, cleaning up")
-				finish()
-				os.Exit(3)
-			})
-			defer timer.Stop()
-		}
-	}
-	defer func() {
-		if r := recover(); r != nil {
-			finish()
-			panic(r)
-		}
-		finish()
-		if !clean && code == 0 {
-			code = 1
-		}
-	}()
+	g := testutil.NewGuard(logf, func() bool {
+		closeAllClusters()
+		sweep(logf, false)
+		restoreSysctls(logf, sysctlsAtStart)
+		_ = os.RemoveAll(runDir)
+		return verifyHostClean(logf)
+	})
+	defer g.Done(&code)
 	return m.Run()
 }
 
@@ -249,7 +200,7 @@ func sweep(logf func(string, ...any), atStart bool) {
 	}
 	for _, r := range ourIptablesRules() {
 		logf("sweep: deleting iptables rule %s", r)
-		args := append([]string{"iptables", "-w", "-t", "filter", "-D"}, splitRule(strings.TrimPrefix(r, "-A "))...)
+		args := append([]string{"iptables", "-w", "-t", "filter", "-D"}, testutil.SplitRule(strings.TrimPrefix(r, "-A "))...)
 		if err := run(args...); err != nil {
 			logf("sweep: %v", err)
 		}
@@ -360,37 +311,6 @@ func ourIptablesRules() []string {
 		}
 	}
 	return rules
-}
-
-// splitRule splits an iptables-save rule into arguments, keeping quoted
-// strings (comments) together.
-func splitRule(s string) []string {
-	var args []string
-	var cur strings.Builder
-	inQuote, have := false, false
-	for i := 0; i < len(s); i++ {
-		ch := s[i]
-		switch {
-		case ch == '\\' && inQuote && i+1 < len(s):
-			i++
-			cur.WriteByte(s[i])
-		case ch == '"':
-			inQuote, have = !inQuote, true
-		case ch == ' ' && !inQuote:
-			if have {
-				args = append(args, cur.String())
-				cur.Reset()
-				have = false
-			}
-		default:
-			cur.WriteByte(ch)
-			have = true
-		}
-	}
-	if have {
-		args = append(args, cur.String())
-	}
-	return args
 }
 
 func modTime(p string) time.Time {
