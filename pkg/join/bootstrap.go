@@ -76,9 +76,12 @@ func bootstrapOnce(ctx context.Context, srv string, req Request) (*Result, error
 		return nil, err
 	}
 	// A node that has joined before proves itself with its kubelet client
-	// certificate too, so it can restart after its bootstrap token expired.
+	// certificate too, so it can restart after its bootstrap token expired
+	// — only as the node that certificate names (a renamed node uses the
+	// token).
 	if cert, err := tls.LoadX509KeyPair(certFile(req.CertDir, KubeletClient), keyFile(req.CertDir, KubeletClient)); err == nil {
-		if leaf, err := pki.ParseCertPEM(mustRead(certFile(req.CertDir, KubeletClient))); err == nil && time.Now().Before(leaf.NotAfter) {
+		leaf, err := pki.ParseCertPEM(mustRead(certFile(req.CertDir, KubeletClient)))
+		if err == nil && time.Now().Before(leaf.NotAfter) && leaf.Subject.CommonName == "system:node:"+req.Node.Name {
 			c.ClientCert = &cert
 		}
 	}

@@ -221,3 +221,45 @@ func emptyConfigDir(t *testing.T) string {
 	}
 	return dir
 }
+
+// TestJoinKeepsWorkingAfterTheToken: a node that joined with a bootstrap
+// token renews its certificates with its kubelet certificate once the token
+// is deleted; renamed, it needs a token again.
+func TestJoinKeepsWorkingAfterTheToken(t *testing.T) {
+	s := newServer(t)
+	s.start()
+	cs := s.waitReady(60 * time.Second)
+	url := "https://127.0.0.1:" + strconv.Itoa(s.httpsPort)
+	caPEM, err := os.ReadFile(filepath.Join(s.dataDir, "server", "tls", "server-ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := token.GenerateBootstrap()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := token.CreateBootstrap(context.Background(), cs, raw, time.Hour, "", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	full, _ := token.FormatBootstrap(caPEM, raw)
+	bt, _ := token.Parse(full)
+	req := join.Request{Servers: []string{url}, Token: bt, CertDir: t.TempDir(),
+		Node: join.Node{Name: "keeper", Password: "keeper-password-0000000000001", IPs: []string{"127.0.0.1"}}}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := join.Bootstrap(ctx, req); err != nil {
+		t.Fatalf("first join: %v", err)
+	}
+	if err := token.DeleteBootstrap(ctx, cs, bt.User); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := join.Bootstrap(ctx, req); err != nil {
+		t.Fatalf("rejoin with the node's certificate after the token was deleted: %v", err)
+	}
+	renamed := req
+	renamed.Node.Name = "renamed"
+	_, err = join.Bootstrap(ctx, renamed)
+	if err == nil || !strings.Contains(err.Error(), "does not exist") {
+		t.Fatalf("renamed node with a deleted token: %v; want the token refusal", err)
+	}
+}
