@@ -4,6 +4,14 @@
 # kube-proxy/flannel iptables chains, the kubelet's mounts. Run as root.
 set -uo pipefail
 prefix=${1:-/tmp/berth-bench-}
+# Agent-benchmark nodes (network namespaces bb-*, see netns-node.sh).
+for ns in /run/netns/bb-*; do
+  [ -e "$ns" ] || continue
+  name=${ns#/run/netns/bb-}
+  dir=$(ls -d "${prefix}"*/agent 2>/dev/null | head -1)
+  BENCH_NETNS_DIR=${dir:-/nonexistent} "$(dirname "$0")/netns-node.sh" down "$name"
+done
+BENCH_NETNS_DIR=/nonexistent "$(dirname "$0")/netns-node.sh" bridge-down x
 # Shims and containerd started from a benchmark data dir (matched by path).
 for pid in $(pgrep -f "^${prefix}"); do kill -9 "$pid" 2>/dev/null; done
 for link in cni0 flannel.1; do ip link del "$link" 2>/dev/null; done

@@ -77,6 +77,11 @@ down)
     for p in /proc/[0-9]*; do [ "$(readlink $p/ns/mnt 2>/dev/null)" = "$mnt" ] && kill -9 ${p#/proc/} 2>/dev/null; done
   fi
   for p in $(ip netns pids $ns 2>/dev/null); do kill -9 $p; done
+  # Pod processes have their own mount and network namespaces: find them by
+  # the node's kubelet cgroup root.
+  for f in /sys/fs/cgroup/*/bb-$name; do
+    [ -d "$f" ] && find "$f" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -9 2>/dev/null
+  done
   sleep 1
   ip netns del $ns 2>/dev/null || true
   ip link del bb-$name 2>/dev/null || true
