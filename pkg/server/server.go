@@ -20,6 +20,7 @@ import (
 	"github.com/berth-io/berth/pkg/component"
 	"github.com/berth-io/berth/pkg/control"
 	"github.com/berth-io/berth/pkg/datastore"
+	"github.com/berth-io/berth/pkg/deploy"
 	"github.com/berth-io/berth/pkg/join"
 	"github.com/berth-io/berth/pkg/kubeconfig"
 	"github.com/berth-io/berth/pkg/lock"
@@ -303,6 +304,7 @@ func (s *Server) buildComponents() error {
 			IP:         cfg.advertiseIP,
 			Port:       int32(cfg.HTTPSListenPort),
 		},
+		&deploy.Controller{Dir: filepath.Join(cfg.ServerDir(), "manifests"), Kubeconfig: admin},
 		&control.ControllerManager{Args: cmArgs},
 		&control.Scheduler{Args: schedArgs},
 	)
