@@ -6,11 +6,14 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
 	utilnet "k8s.io/apimachinery/pkg/util/net"
 	netutils "k8s.io/utils/net"
+
+	"github.com/berth-io/berth/manifests"
 )
 
 // Config is the validated server configuration. Fields mirror the flags of
@@ -40,6 +43,12 @@ type Config struct {
 	// SQLiteSync is FULL (default, durable) or NORMAL.
 	SQLiteSync string
 	Debug      bool
+	// Disable lists packaged add-ons not to deploy (and to remove).
+	Disable []string
+	// SystemDefaultRegistry prefixes the packaged add-ons' images.
+	SystemDefaultRegistry string
+	// DefaultLocalStoragePath is where local-path volumes live.
+	DefaultLocalStoragePath string
 
 	// The server's own node (unless DisableAgent).
 	NodeIP           string
@@ -123,6 +132,11 @@ func (c *Config) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("--flannel-backend %q: want vxlan, host-gw or none", c.FlannelBackend))
 	}
+	for _, d := range c.Disable {
+		if !slices.Contains(manifests.Names(), d) {
+			errs = append(errs, fmt.Errorf("--disable %q: not a packaged add-on; valid names: %s", d, strings.Join(manifests.Names(), ", ")))
+		}
+	}
 	if c.Token != "" && c.TokenFile != "" {
 		errs = append(errs, errors.New("--token and --token-file are mutually exclusive"))
 	}
@@ -135,6 +149,9 @@ func (c *Config) Validate() error {
 		if h, err := os.Hostname(); err == nil {
 			c.NodeName = strings.ToLower(h)
 		}
+	}
+	if c.DefaultLocalStoragePath == "" && c.DataDir != "" {
+		c.DefaultLocalStoragePath = filepath.Join(c.DataDir, "storage")
 	}
 	return errors.Join(errs...)
 }

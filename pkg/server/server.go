@@ -88,6 +88,10 @@ func (s *Server) prepare() error {
 		unlock()
 		return err
 	}
+	if err := s.writeAddons(); err != nil {
+		unlock()
+		return err
+	}
 	if err := s.buildComponents(); err != nil {
 		unlock()
 		return err
@@ -304,7 +308,7 @@ func (s *Server) buildComponents() error {
 			IP:         cfg.advertiseIP,
 			Port:       int32(cfg.HTTPSListenPort),
 		},
-		&deploy.Controller{Dir: filepath.Join(cfg.ServerDir(), "manifests"), Kubeconfig: admin},
+		&deploy.Controller{Dir: cfg.ManifestsDir(), Kubeconfig: admin},
 		&control.ControllerManager{Args: cmArgs},
 		&control.Scheduler{Args: schedArgs},
 	)

@@ -155,6 +155,9 @@ func startCluster() (*cluster, error) {
 		"--apiserver-port", strconv.Itoa(freePort()),
 		"--kube-scheduler-arg", "secure-port=" + strconv.Itoa(freePort()),
 		"--kube-controller-manager-arg", "secure-port=" + strconv.Itoa(freePort()),
+		// These tests bring only the test images; the add-ons' images come
+		// with the air-gap bundle (their own e2e).
+		"--disable", "coredns,local-storage,metrics-server",
 	}
 	if err := c.start(); err != nil {
 		return c, err

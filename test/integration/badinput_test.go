@@ -30,6 +30,11 @@ func TestBadInput(t *testing.T) {
 	}
 	cases := []tc{
 		{
+			name:  "unknown add-on to disable",
+			setup: func(t *testing.T, s *server) { s.extra = []string{"--disable", "traefik"} },
+			want:  []string{`--disable "traefik": not a packaged add-on`, "coredns, local-storage, metrics-server"},
+		},
+		{
 			name:  "invalid cluster CIDR",
 			setup: func(t *testing.T, s *server) { s.extra = []string{"--cluster-cidr", "10.42.0.0/33"} },
 			want:  []string{"--cluster-cidr", `"10.42.0.0/33" is not a valid CIDR`},

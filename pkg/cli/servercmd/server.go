@@ -2,8 +2,11 @@
 package servercmd
 
 import (
+	"strings"
+
 	"github.com/spf13/cobra"
 
+	"github.com/berth-io/berth/manifests"
 	"github.com/berth-io/berth/pkg/cli"
 	"github.com/berth-io/berth/pkg/datastore"
 	"github.com/berth-io/berth/pkg/server"
@@ -75,6 +78,9 @@ over the files.`,
 	f.StringVar(&cfg.FlannelBackend, "flannel-backend", "vxlan", "pod network backend: vxlan, host-gw or none (bring your own CNI)")
 	f.StringVar(&cfg.FlannelIface, "flannel-iface", "", "network interface flannel uses (default: the node IP's)")
 	f.StringVar(&cfg.PauseImage, "pause-image", "berth.local/pause:3.10", "pod sandbox image (imported from the images dir)")
+	f.StringSliceVar(&cfg.Disable, "disable", nil, "packaged add-ons not to deploy (and to remove): "+strings.Join(manifests.Names(), ", "))
+	f.StringVar(&cfg.SystemDefaultRegistry, "system-default-registry", "", "registry prefixing the packaged add-ons' images (default: berth.local, the air-gap images)")
+	f.StringVar(&cfg.DefaultLocalStoragePath, "default-local-storage-path", "", "where local-path volumes live (default: <data-dir>/storage)")
 	f.StringVar(&cfg.DatastoreEndpoint, "datastore-endpoint", "", "kine datastore URL (default: SQLite in <data-dir>/server/db/state.db)")
 	f.StringVar(&cfg.SQLiteSync, "sqlite-synchronous", datastore.SyncFull, "SQLite synchronous mode: FULL (an acknowledged write survives a power cut) or NORMAL (faster; the newest writes can be lost)")
 	return cmd

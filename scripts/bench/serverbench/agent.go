@@ -92,7 +92,7 @@ func benchAgent(root string) error {
 	kc := filepath.Join(dir, "admin.yaml")
 	if err := srv.start(*bin, "server", "-d", srv.dataDir(), "--node-name", "bench-server",
 		"--node-ip", srv.ip(), "--advertise-address", srv.ip(), "--flannel-iface", "eth0",
-		"--kubelet-arg=cgroup-root=/bb-server", "--write-kubeconfig", kc); err != nil {
+		"--kubelet-arg=cgroup-root=/bb-server", "--write-kubeconfig", kc, "--disable", noAddons); err != nil {
 		return err
 	}
 	cs, err := netnsClient(kc, srv.ip())

@@ -71,12 +71,17 @@ func start(dataDir string, extra ...string) (*proc, error) {
 }
 
 // startWith starts a server, with or without its own node.
+// noAddons disables every packaged add-on.
+const noAddons = "coredns,local-storage,metrics-server"
+
 func startWith(dataDir string, disableAgent bool, extra ...string) (*proc, error) {
 	args := []string{"server", "--config", "/dev/null", "-d", dataDir,
 		"--write-kubeconfig", filepath.Join(dataDir, "admin.yaml"),
 		"--https-listen-port", strconv.Itoa(*basePort), "--apiserver-port", strconv.Itoa(*basePort + 1),
 		"--kube-scheduler-arg", "secure-port=" + strconv.Itoa(*basePort+2),
-		"--kube-controller-manager-arg", "secure-port=" + strconv.Itoa(*basePort+3)}
+		"--kube-controller-manager-arg", "secure-port=" + strconv.Itoa(*basePort+3),
+		// The figures so far are of berth itself; the add-ons get their own.
+		"--disable", noAddons}
 	if disableAgent {
 		args = append(args, "--disable-agent")
 	}

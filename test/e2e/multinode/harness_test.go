@@ -279,6 +279,9 @@ func (c *Cluster) StartServer(t *testing.T, extra ...string) *Node {
 	n := c.AddNode(t, ServerName)
 	args := append([]string{"server"}, n.NodeArgs()...)
 	args = append(args, "--advertise-address", n.IP, "--write-kubeconfig", n.Kubeconfig)
+	// Only the test images are in the nodes' images dirs; the packaged
+	// add-ons need the air-gap bundle.
+	args = append(args, "--disable", "coredns,local-storage,metrics-server")
 	args = append(args, extra...)
 	if err := n.Start(args...); err != nil {
 		t.Fatalf("start %s: %v\n%s", n.Name, err, n.LogTail(40))
