@@ -326,6 +326,14 @@ func teardown() bool {
 	waitGone(c.dataDir, 10*time.Second)
 
 	unmountUnder(logf, c.dataDir, "/run/berth/containerd", "/var/lib/kubelet")
+	// Pod network namespace pins of sandboxes nobody deleted (pods left
+	// when berth stopped): only those made during this run.
+	for _, pin := range netnsPinsSince() {
+		if err := syscall.Unmount(pin, syscall.MNT_DETACH); err != nil {
+			logf("unmount %s: %v", pin, err)
+		}
+		_ = os.Remove(pin)
+	}
 
 	for _, l := range []string{"cni0", "flannel.1"} {
 		if linkExists(l) {
@@ -366,6 +374,10 @@ func teardown() bool {
 	}
 	if out, _ := exec.Command("iptables-save", "-t", "nat").Output(); strings.Contains(string(out), ":KUBE-SERVICES") {
 		logf("FAIL: KUBE-SERVICES chain still in the nat table")
+		ok = false
+	}
+	if pins := netnsPinsSince(); len(pins) > 0 {
+		logf("FAIL: pod network namespace pins left in /run/netns: %v", pins)
 		ok = false
 	}
 	if m := mountsUnder(c.dataDir, "/run/berth/containerd", "/var/lib/kubelet"); len(m) > 0 {
@@ -587,4 +599,19 @@ func sleep(ctx context.Context, d time.Duration) {
 	case <-ctx.Done():
 	case <-time.After(d):
 	}
+}
+
+// runStarted is when this test binary started: pins made since are ours.
+var runStarted = time.Now()
+
+// netnsPinsSince lists /run/netns/cni-* files made during this run.
+func netnsPinsSince() []string {
+	pins, _ := filepath.Glob("/run/netns/cni-*")
+	var out []string
+	for _, p := range pins {
+		if pi, err := os.Stat(p); err == nil && !pi.ModTime().Before(runStarted) {
+			out = append(out, p)
+		}
+	}
+	return out
 }
