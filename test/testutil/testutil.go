@@ -164,15 +164,18 @@ func StopProcess(cmd *exec.Cmd, done <-chan struct{}, timeout time.Duration) (in
 // image tarballs `make images` wrote.
 type Artifacts struct {
 	Berth, BerthAgent, Images string
+	// Airgap is the add-ons' image bundle (`make airgap`).
+	Airgap string
 }
 
-// Build returns the artifacts named by BERTH_BIN, BERTH_AGENT_BIN and
-// BERTH_IMAGES (the Makefile sets them, having built once), or runs
-// `make build images` in root and uses its outputs.
+// Build returns the artifacts named by BERTH_BIN, BERTH_AGENT_BIN,
+// BERTH_IMAGES and BERTH_AIRGAP (the Makefile sets them, having built once),
+// or runs `make build images airgap` in root and uses its outputs.
 func Build(root string) (Artifacts, error) {
-	a := Artifacts{Berth: os.Getenv("BERTH_BIN"), BerthAgent: os.Getenv("BERTH_AGENT_BIN"), Images: os.Getenv("BERTH_IMAGES")}
+	a := Artifacts{Berth: os.Getenv("BERTH_BIN"), BerthAgent: os.Getenv("BERTH_AGENT_BIN"),
+		Images: os.Getenv("BERTH_IMAGES"), Airgap: os.Getenv("BERTH_AIRGAP")}
 	if a.Berth == "" {
-		cmd := exec.Command("make", "-C", root, "build", "images")
+		cmd := exec.Command("make", "-C", root, "build", "images", "airgap")
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		if err := cmd.Run(); err != nil {
 			return a, fmt.Errorf("build berth and images: %w", err)
@@ -187,6 +190,9 @@ func Build(root string) (Artifacts, error) {
 	}
 	if a.Images == "" {
 		a.Images = filepath.Join(root, "dist", "images")
+	}
+	if a.Airgap == "" {
+		a.Airgap = filepath.Join(root, "dist", "artifacts", "berth-airgap-images-amd64.tar.zst")
 	}
 	return a, nil
 }

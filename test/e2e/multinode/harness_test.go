@@ -32,6 +32,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -102,6 +103,9 @@ var privateDirs = []string{
 type Cluster struct {
 	// Dir holds the nodes' dirs (data, logs, private mounts); removed at the end.
 	Dir string
+	// ExtraImages are more image tarballs (the air-gap bundle) every node
+	// added from now on gets in its images dir.
+	ExtraImages []string
 
 	mu        sync.Mutex
 	nodes     []*Node
@@ -280,8 +284,11 @@ func (c *Cluster) StartServer(t *testing.T, extra ...string) *Node {
 	args := append([]string{"server"}, n.NodeArgs()...)
 	args = append(args, "--advertise-address", n.IP, "--write-kubeconfig", n.Kubeconfig)
 	// Only the test images are in the nodes' images dirs; the packaged
-	// add-ons need the air-gap bundle.
-	args = append(args, "--disable", "coredns,local-storage,metrics-server")
+	// add-ons need the air-gap bundle (see TestAddons, which passes its own
+	// --disable, empty, to enable them).
+	if !slices.Contains(extra, "--disable") {
+		args = append(args, "--disable", "coredns,local-storage,metrics-server")
+	}
 	args = append(args, extra...)
 	if err := n.Start(args...); err != nil {
 		t.Fatalf("start %s: %v\n%s", n.Name, err, n.LogTail(40))
@@ -478,7 +485,7 @@ func (n *Node) setup() error {
 	if len(tars) == 0 {
 		return fmt.Errorf("no image tarballs in %s (run make images)", imagesDir)
 	}
-	for _, src := range tars {
+	for _, src := range append(tars, n.c.ExtraImages...) {
 		if err := testutil.CopyFile(src, filepath.Join(imgDst, filepath.Base(src))); err != nil {
 			return err
 		}

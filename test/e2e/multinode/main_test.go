@@ -36,6 +36,7 @@ var (
 	// berth-agent beside berthBin (make build builds both).
 	berthAgentBin string
 	imagesDir     string // the built image tarballs (BERTH_IMAGES)
+	airgapBundle  string // the add-ons' image bundle (BERTH_AIRGAP)
 	skipReason    string // set when the suite cannot run here
 	runDir        string // this run's temporary dir, <tmp>/berth-mn-run-*
 
@@ -66,7 +67,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	berthBin, berthAgentBin, imagesDir = a.Berth, a.BerthAgent, a.Images
+	berthBin, berthAgentBin, imagesDir, airgapBundle = a.Berth, a.BerthAgent, a.Images, a.Airgap
 	os.Exit(runTests(m))
 }
 
