@@ -361,6 +361,7 @@ func main() {
 		{"node", func() error { return benchNode(root) }},
 		{"pods", func() error { return benchPods(root) }},
 		{"agent", func() error { return benchAgent(root) }},
+		{"addons", func() error { return benchAddons(root) }},
 	}
 	failed := false
 	for _, s := range steps {
