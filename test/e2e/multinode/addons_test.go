@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -124,6 +125,47 @@ func TestAddons(t *testing.T) {
 		for _, line := range strings.Split(out, "\n") {
 			if strings.HasPrefix(line, "coredns-") && !strings.HasSuffix(strings.TrimSpace(line), "Mi") {
 				t.Errorf("top pods: %q", line)
+			}
+		}
+	})
+
+	t.Run("a dropped manifest is applied, re-applied and pruned", func(t *testing.T) {
+		file := filepath.Join(srv.DataDir, "server", "manifests", "mine.yaml")
+		write := func(v string) {
+			t.Helper()
+			if err := os.WriteFile(file, []byte("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: mine, namespace: "+ns+"}\ndata: {v: "+v+"}\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		value := func() string {
+			cm, err := cs.CoreV1().ConfigMaps(ns).Get(ctx, "mine", metav1.GetOptions{})
+			if err != nil {
+				return "<" + err.Error() + ">"
+			}
+			return cm.Data["v"]
+		}
+		waitValue := func(want string) {
+			t.Helper()
+			for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+				if value() == want {
+					return
+				}
+			}
+			t.Fatalf("ConfigMap mine: %s, want %s", value(), want)
+		}
+		write("one")
+		waitValue("one")
+		write("two")
+		waitValue("two")
+		if err := os.Remove(file); err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
+			if _, err := cs.CoreV1().ConfigMaps(ns).Get(ctx, "mine", metav1.GetOptions{}); apierrors.IsNotFound(err) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("ConfigMap mine not pruned after its file was removed")
 			}
 		}
 	})
