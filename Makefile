@@ -80,12 +80,13 @@ bench: build images
 	  status=$$?; bash scripts/bench/cleanup-node.sh; exit $$status
 
 # Build and start a single-node cluster in the foreground (as root). The
-# locally built images (pause among them) go where berth imports them, as an
-# air-gapped user would deliver them.
+# air-gap bundle of the images berth's manifests use (pause, CoreDNS, …) goes
+# where berth imports it, as an air-gapped user would deliver it; the test
+# images stay out.
 DATA_DIR ?= /var/lib/berth
-run: build images
+run: build airgap
 	mkdir -p $(DATA_DIR)/agent/images
-	cp dist/images/*.tar $(DATA_DIR)/agent/images/
+	cp -p $(AIRGAP_DIR)/berth-airgap-images-*.tar.zst $(DATA_DIR)/agent/images/
 	$(BIN)/berth server --data-dir $(DATA_DIR)
 
 clean: helpers-clean

@@ -2,14 +2,27 @@
 // into docker-archive tarballs, with no registry and no container engine —
 // as an air-gapped user would build them:
 //
-//	berth.local/pause:3.10       images/pause, static Go
-//	berth.local/busybox:1.36     /bin/busybox from Debian's busybox-static
-//	berth.local/echoserver:1.0   images/echoserver, static Go
+//	berth.local/pause:3.10                      images/pause, static Go
+//	berth.local/busybox:1.36                    /bin/busybox from Debian's busybox-static
+//	berth.local/echoserver:1.0                  images/echoserver, static Go (tests only)
+//	berth.local/coredns:1.15.0                  github.com/coredns/coredns v1.15.0
+//	berth.local/local-path-provisioner:v0.0.30  github.com/rancher/local-path-provisioner v0.0.30
+//	berth.local/metrics-server:v0.9.0           sigs.k8s.io/metrics-server v0.9.0
 //
 // Output: <out>/<name>-<tag>-<arch>.tar per image (for `ctr images import`)
-// and <out>/images.txt listing the references. Run it from the repository
-// root (`make images`). The only network use is `apt-get download
-// busybox-static`, once, into -cache; delete the cached .deb to refresh it.
+// and <out>/images.txt listing the references. With -airgap DIR it also
+// writes DIR/berth-airgap-images-<arch>.tar.zst, one bundle of every image
+// berth's packaged manifests use (not the test images), and
+// DIR/berth-images.txt listing them. Run it from the repository root (`make
+// images`, `make airgap`).
+//
+// The add-on programs are built from their upstream modules at exact
+// versions, each with its own go.mod and go.sum (see goModule), never from
+// copied source; their binaries are cached in -bincache, and every image's
+// gzip layer in -layercache, so a run with nothing new takes seconds. The
+// only network use is the Go module proxy for those modules and `apt-get
+// download busybox-static`, once, into -cache; delete the cached .deb to
+// refresh it.
 //
 // Build-time tool only: berth never links it.
 package main
@@ -37,20 +50,36 @@ import (
 type image struct {
 	ref   string // registry/name:tag
 	build func(*builder) (v1.Image, error)
+	// airgap: berth's packaged manifests use it, so it goes into the
+	// air-gap bundle; test images stay out.
+	airgap bool
 }
 
 // images in the order they are built and listed in images.txt.
 var images = []image{
-	{"berth.local/pause:3.10", (*builder).pause},
-	{"berth.local/busybox:1.36", (*builder).busybox},
-	{"berth.local/echoserver:1.0", (*builder).echoserver},
+	{"berth.local/pause:3.10", (*builder).pause, true},
+	{"berth.local/busybox:1.36", (*builder).busybox, true},
+	{"berth.local/echoserver:1.0", (*builder).echoserver, false},
+	{"berth.local/coredns:1.15.0", (*builder).coredns, true},
+	{"berth.local/local-path-provisioner:v0.0.30", (*builder).localPathProvisioner, true},
+	{"berth.local/metrics-server:v0.9.0", (*builder).metricsServer, true},
 }
 
+// bundleWindow is the air-gap bundle's zstd window: a decoder holds one
+// window, so unpacking needs about this much memory (plus ~1 MiB of
+// buffers). The layers are gzip, so a larger window finds nothing more to
+// match; berth's importer accepts up to 64 MiB.
+const bundleWindow = 8 << 20
+
 type builder struct {
-	goBin string // the go command
-	cache string // where downloaded .debs are kept
-	work  string // scratch directory, removed at exit
-	arch  string // GOARCH of the images (the host's)
+	goBin    string // the go command
+	cache    string // where downloaded .debs are kept
+	binCache string // where binaries built from Go modules are kept
+	layers   string // where compressed layers are kept (build.CachedLayer)
+	work     string // scratch directory, removed at exit
+	arch     string // GOARCH of the images (the host's)
+
+	goVersion string // of goBin, read once
 }
 
 func main() {
@@ -58,14 +87,17 @@ func main() {
 	log.SetPrefix("berth-images: ")
 	out := flag.String("out", "dist/images", "directory for the image tarballs")
 	cache := flag.String("cache", "dist/cache/deb", "directory for downloaded Debian packages")
+	binCache := flag.String("bincache", "dist/cache/bin", "directory for binaries built from upstream Go modules")
+	layers := flag.String("layercache", "dist/cache/layers", "directory for compressed image layers")
+	airgap := flag.String("airgap", "", "also write the air-gap bundle and its image list into this directory")
 	goBin := flag.String("go", "go", "the go command used to build the Go programs")
 	flag.Parse()
-	if err := run(*out, *cache, *goBin); err != nil {
+	if err := run(*out, *cache, *binCache, *layers, *airgap, *goBin); err != nil {
 		log.Fatal(err)
 	}
 }
 
-func run(out, cache, goBin string) error {
+func run(out, cache, binCache, layers, airgap, goBin string) error {
 	if runtime.GOOS != "linux" {
 		return errors.New("images are built on Linux only (busybox comes from a Debian package)")
 	}
@@ -79,9 +111,10 @@ func run(out, cache, goBin string) error {
 	defer os.RemoveAll(work)
 	// Images hold host-built binaries (busybox runs here to list its
 	// applets), so they are for the host's architecture.
-	b := &builder{goBin: goBin, cache: cache, work: work, arch: runtime.GOARCH}
+	b := &builder{goBin: goBin, cache: cache, binCache: binCache, layers: layers, work: work, arch: runtime.GOARCH}
 
-	var list strings.Builder
+	var list, bundleList strings.Builder
+	bundle := map[string]v1.Image{}
 	for _, im := range images {
 		img, err := im.build(b)
 		if err != nil {
@@ -97,8 +130,41 @@ func run(out, cache, goBin string) error {
 			return err
 		}
 		fmt.Fprintln(&list, im.ref)
+		if im.airgap {
+			bundle[im.ref] = img
+			fmt.Fprintln(&bundleList, im.ref)
+		}
 	}
-	return writeIfChanged(filepath.Join(out, "images.txt"), []byte(list.String()))
+	if err := writeIfChanged(filepath.Join(out, "images.txt"), []byte(list.String())); err != nil {
+		return err
+	}
+	if airgap == "" {
+		return nil
+	}
+	return writeBundle(airgap, b.arch, bundle, bundleList.String())
+}
+
+// writeBundle writes the air-gap bundle and the list of its images.
+func writeBundle(dir, arch string, images map[string]v1.Image, list string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("creating air-gap directory: %w", err)
+	}
+	file := filepath.Join(dir, "berth-airgap-images-"+arch+".tar.zst")
+	changed, err := build.WriteBundle(file, images, bundleWindow)
+	if err != nil {
+		return err
+	}
+	fi, err := os.Stat(file)
+	if err != nil {
+		return err
+	}
+	state := "written"
+	if !changed {
+		state = "unchanged"
+	}
+	fmt.Printf("%-43s %-51s %6.2f MiB  %d images, zstd window %d MiB  %s\n", "air-gap bundle", file,
+		float64(fi.Size())/(1<<20), len(images), bundleWindow>>20, state)
+	return writeIfChanged(filepath.Join(dir, "berth-images.txt"), []byte(list))
 }
 
 func report(ref, file string, img v1.Image, changed bool) error {
@@ -114,7 +180,7 @@ func report(ref, file string, img v1.Image, changed bool) error {
 	if !changed {
 		state = "unchanged"
 	}
-	fmt.Printf("%-28s %-40s %6.2f MiB  %s  %s\n", ref, file, float64(fi.Size())/(1<<20), d.Hex[:12], state)
+	fmt.Printf("%-43s %-51s %6.2f MiB  %s  %s\n", ref, file, float64(fi.Size())/(1<<20), d.Hex[:12], state)
 	return nil
 }
 
@@ -148,11 +214,15 @@ func (b *builder) goImage(prog string, cfg build.Config) (v1.Image, error) {
 	if err := checkStatic(bin); err != nil {
 		return nil, err
 	}
-	layer, err := build.Layer([]build.Entry{build.HostFile("/"+prog, 0o755, bin)})
+	layer, err := b.layer([]build.Entry{build.HostFile("/"+prog, 0o755, bin)})
 	if err != nil {
 		return nil, err
 	}
 	return build.Image(cfg, layer)
+}
+
+func (b *builder) layer(entries []build.Entry) (v1.Layer, error) {
+	return build.CachedLayer(b.layers, entries)
 }
 
 // checkStatic refuses a dynamically linked binary: the images have no libc.
@@ -224,7 +294,7 @@ func (b *builder) busybox() (v1.Image, error) {
 	if n < 50 { // sh, ls, wget, … at the least
 		return nil, fmt.Errorf("busybox --list gave only %d applets", n)
 	}
-	layer, err := build.Layer(entries)
+	layer, err := b.layer(entries)
 	if err != nil {
 		return nil, err
 	}

@@ -15,6 +15,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -44,6 +45,9 @@ type Entry struct {
 	Data   []byte      // contents of a regular file (when Source is empty)
 	Source string      // host file whose contents a regular file gets
 	Link   string      // target of a symlink
+	// Xattrs are extended attributes (e.g. security.capability), written as
+	// PAX SCHILY.xattr records, which containerd sets when it unpacks.
+	Xattrs map[string]string
 }
 
 // File is a regular file with the given contents.
@@ -66,9 +70,102 @@ func Symlink(p, target string) Entry {
 	return Entry{Path: p, Mode: fs.ModeSymlink | 0o777, Link: target}
 }
 
+// Linux capability numbers (linux/capability.h) for FileCapabilities.
+const (
+	CapNetBindService = 10
+)
+
+// FileCapabilities returns the security.capability attribute `setcap
+// cap_…=+ep` writes: the capabilities permitted and effective when the file
+// is executed. A non-root process gets them only if they are also in its
+// bounding set (a pod's securityContext capabilities.add), and with
+// no_new_privs only if it already holds them, which is what an image running
+// as non-root that binds a port below 1024 needs.
+func FileCapabilities(caps ...uint) map[string]string {
+	// struct vfs_cap_data, revision 2: magic_etc, then {permitted,
+	// inheritable} for capabilities 0-31 and 32-63, all little-endian.
+	const revision2, effective = 0x02000000, 0x000001
+	var permitted uint64
+	for _, c := range caps {
+		permitted |= 1 << c
+	}
+	b := make([]byte, 20)
+	binary.LittleEndian.PutUint32(b[0:], revision2|effective)
+	binary.LittleEndian.PutUint32(b[4:], uint32(permitted))
+	binary.LittleEndian.PutUint32(b[12:], uint32(permitted>>32))
+	return map[string]string{"security.capability": string(b)}
+}
+
 // Layer builds an uncompressed tar of the entries (sorted, parent
 // directories added as 0755 where missing) and returns it as a gzip layer.
 func Layer(entries []Entry) (v1.Layer, error) {
+	return CachedLayer("", entries)
+}
+
+// CachedLayer is Layer keeping the gzip layer in cacheDir (none if empty),
+// named by the uncompressed tar's sha256: compressing tens of MiB at the
+// best level takes seconds, hashing the tar to find it again a fraction of
+// one. A cached layer is used only if it decompresses to that tar's digest.
+func CachedLayer(cacheDir string, entries []Entry) (v1.Layer, error) {
+	data, err := layerTar(entries)
+	if err != nil {
+		return nil, err
+	}
+	if cacheDir == "" {
+		return compressLayer(data)
+	}
+	diffID := v1.Hash{Algorithm: "sha256", Hex: fmt.Sprintf("%x", sha256.Sum256(data))}
+	file := filepath.Join(cacheDir, "sha256-"+diffID.Hex+".tar.gz")
+	if gz, err := os.ReadFile(file); err == nil {
+		layer, err := tarball.LayerFromOpener(
+			func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(gz)), nil })
+		if err == nil {
+			if d, err := layer.DiffID(); err == nil && d == diffID {
+				return layer, nil
+			}
+		}
+		// Corrupt or truncated: make it again.
+	}
+	layer, err := compressLayer(data)
+	if err != nil {
+		return nil, err
+	}
+	if err := cacheLayer(file, layer); err != nil {
+		return nil, err
+	}
+	return layer, nil
+}
+
+// cacheLayer writes layer's compressed blob to file atomically.
+func cacheLayer(file string, layer v1.Layer) error {
+	if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
+		return fmt.Errorf("creating layer cache: %w", err)
+	}
+	rc, err := layer.Compressed()
+	if err != nil {
+		return fmt.Errorf("caching layer: %w", err)
+	}
+	defer rc.Close()
+	tmp, err := os.CreateTemp(filepath.Dir(file), "."+filepath.Base(file)+".*")
+	if err != nil {
+		return fmt.Errorf("caching layer: %w", err)
+	}
+	defer os.Remove(tmp.Name()) // a no-op once renamed
+	if _, err := io.Copy(tmp, rc); err != nil {
+		tmp.Close()
+		return fmt.Errorf("caching layer in %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("caching layer in %s: %w", tmp.Name(), err)
+	}
+	if err := os.Rename(tmp.Name(), file); err != nil {
+		return fmt.Errorf("caching layer: %w", err)
+	}
+	return nil
+}
+
+// layerTar is the uncompressed tar Layer compresses.
+func layerTar(entries []Entry) ([]byte, error) {
 	byPath := map[string]Entry{}
 	for _, e := range entries {
 		p := path.Clean(e.Path)
@@ -111,7 +208,10 @@ func Layer(entries []Entry) (v1.Layer, error) {
 	if err := tw.Close(); err != nil {
 		return nil, fmt.Errorf("closing layer tar: %w", err)
 	}
-	data := buf.Bytes()
+	return buf.Bytes(), nil
+}
+
+func compressLayer(data []byte) (v1.Layer, error) {
 	layer, err := tarball.LayerFromOpener(
 		func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil },
 		// Images are built once and carried to air-gapped hosts: favour size.
@@ -131,6 +231,13 @@ func writeEntry(tw *tar.Writer, e Entry) error {
 		ModTime: epoch,
 		Uname:   "root",
 		Gname:   "root",
+	}
+	if len(e.Xattrs) > 0 {
+		hdr.Format = tar.FormatPAX
+		hdr.PAXRecords = map[string]string{}
+		for k, v := range e.Xattrs {
+			hdr.PAXRecords["SCHILY.xattr."+k] = v
+		}
 	}
 	var data []byte
 	switch {
