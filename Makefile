@@ -66,16 +66,17 @@ integration: build
 	BERTH_BIN=$(CURDIR)/$(BIN)/berth $(GO) test -count=1 -timeout 30m -tags "$(TAGS)" -v $(INTEGRATION_PKGS)
 
 # BERTH_IMAGES: the image tarballs `make images` built, imported by the
-# tests through the air-gap directory. -p 1: one package at a time (the
+# tests through the air-gap directory; BERTH_AIRGAP: the add-ons' bundle. -p 1: one package at a time (the
 # single-node suite's cleanup fails on any berth process left on the host,
 # the multi-node one's included).
-e2e: build images
+e2e: build airgap
 	BERTH_BIN=$(CURDIR)/$(BIN)/berth BERTH_IMAGES=$(CURDIR)/dist/images \
+	  BERTH_AIRGAP=$(CURDIR)/$(AIRGAP_DIR)/berth-airgap-images-amd64.tar.zst \
 	  $(GO) test -count=1 -p 1 -timeout 30m -tags "$(TAGS)" -v $(E2E_PKGS)
 
 test: unit integration e2e
 
-bench: build images
+bench: build airgap
 	BERTH_BIN=$(CURDIR)/$(BIN)/berth BERTH_IMAGES=$(CURDIR)/dist/images bash scripts/bench/server.sh; \
 	  status=$$?; bash scripts/bench/cleanup-node.sh; exit $$status
 
