@@ -58,8 +58,8 @@ deps:
 vet:
 	$(GO) vet -tags "$(TAGS)" ./...
 
-unit: build
-	BERTH_BIN=$(CURDIR)/$(BIN)/berth $(GO) test -count=1 -tags "$(TAGS)" $(UNIT_PKGS)
+unit: build airgap
+	BERTH_BIN=$(CURDIR)/$(BIN)/berth BERTH_AIRGAP_REQUIRED=1 $(GO) test -count=1 -tags "$(TAGS)" $(UNIT_PKGS)
 
 # BERTH_BIN points the integration tests at the binary built once here.
 integration: build
