@@ -50,16 +50,16 @@ apiVersion: v1
 kind: ServiceAccount
 metadata: {name: sa-a, namespace: kube-system}
 `)
-	eventually(t, "cm-a applied", func() error {
+	eventually(t, "cm-a and sa-a applied", func() error {
 		v, err := cmData("cm-a")
 		if err == nil && v != "one" {
 			err = fmt.Errorf("v=%q", v)
 		}
+		if err == nil {
+			_, err = cs.CoreV1().ServiceAccounts("kube-system").Get(ctx, "sa-a", metav1.GetOptions{})
+		}
 		return err
 	})
-	if _, err := cs.CoreV1().ServiceAccounts("kube-system").Get(ctx, "sa-a", metav1.GetOptions{}); err != nil {
-		t.Fatalf("sa-a: %v", err)
-	}
 
 	// An edit is re-applied; the ServiceAccount the file no longer holds is pruned.
 	write("apps/a.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm-a}\ndata: {v: two}\n")
