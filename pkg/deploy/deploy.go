@@ -41,6 +41,8 @@ import (
 	"k8s.io/client-go/restmapper"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
+
+	"github.com/berth-io/berth/pkg/component"
 )
 
 const (
@@ -62,8 +64,7 @@ type Controller struct {
 	cs      kubernetes.Interface
 	dyn     dynamic.Interface
 	mapper  *restmapper.DeferredDiscoveryRESTMapper
-	cancel  context.CancelFunc
-	done    chan struct{}
+	runner  *component.Runner
 	mu      sync.Mutex
 	applied map[string]time.Time // file → last full apply
 }
@@ -74,7 +75,7 @@ func (c *Controller) Prepare(context.Context) error {
 	return os.MkdirAll(c.Dir, 0o700)
 }
 
-func (c *Controller) Start(context.Context) error {
+func (c *Controller) Start(ctx context.Context) error {
 	cfg, err := clientcmd.BuildConfigFromFlags("", c.Kubeconfig)
 	if err != nil {
 		return fmt.Errorf("deploy: %w", err)
@@ -94,31 +95,23 @@ func (c *Controller) Start(context.Context) error {
 	c.cs, c.dyn = cs, dyn
 	c.mapper = restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(disc))
 	c.applied = map[string]time.Time{}
-	ctx, cancel := context.WithCancel(context.Background())
-	c.cancel, c.done = cancel, make(chan struct{})
-	go c.run(ctx)
-	return nil
+	c.runner = component.NewRunner(c.Name(), c.run)
+	return c.runner.Start(ctx)
 }
 
 // Ready returns at once: add-ons come up while the cluster is in use.
 func (c *Controller) Ready(context.Context) error { return nil }
 
 func (c *Controller) Stop(ctx context.Context) error {
-	if c.cancel == nil {
+	if c.runner == nil {
 		return nil
 	}
-	c.cancel()
-	select {
-	case <-c.done:
-	case <-ctx.Done():
-	}
-	return nil
+	return c.runner.Stop(ctx)
 }
 
 // run syncs at start, on every change in the directory tree (debounced),
 // and every 15 s (a missed event, a CRD that appeared).
-func (c *Controller) run(ctx context.Context) {
-	defer close(c.done)
+func (c *Controller) run(ctx context.Context) error {
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
 		klog.Warningf("deploy: watch %s: %v (polling only)", c.Dir, err)
@@ -151,7 +144,7 @@ func (c *Controller) run(ctx context.Context) {
 		c.Sync(ctx)
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-tick.C:
 		case <-events:
 			// Let an editor finish writing, and take the burst at once.

@@ -14,6 +14,7 @@ import (
 	"github.com/rancher/remotedialer"
 	"k8s.io/klog/v2"
 
+	"github.com/berth-io/berth/pkg/component"
 	"github.com/berth-io/berth/pkg/join"
 )
 
@@ -30,8 +31,7 @@ type Client struct {
 	// Addresses the server may dial (the node IPs; loopback is implied).
 	Addresses []string
 
-	cancel context.CancelFunc
-	done   chan struct{}
+	runner *component.Runner
 }
 
 var allowedPorts = []string{"10250", "10010"}
@@ -39,7 +39,7 @@ var allowedPorts = []string{"10250", "10010"}
 func (c *Client) Name() string                  { return "tunnel" }
 func (c *Client) Prepare(context.Context) error { return nil }
 
-func (c *Client) Start(context.Context) error {
+func (c *Client) Start(ctx context.Context) error {
 	caPEM, err := os.ReadFile(c.CAFile)
 	if err != nil {
 		return fmt.Errorf("tunnel: %w", err)
@@ -60,16 +60,13 @@ func (c *Client) Start(context.Context) error {
 			},
 		},
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	c.cancel, c.done = cancel, make(chan struct{})
-	go func() {
-		defer close(c.done)
+	c.runner = component.NewRunner(c.Name(), func(ctx context.Context) error {
 		delay := time.Second
-		for ctx.Err() == nil {
+		for {
 			t0 := time.Now()
 			err := remotedialer.ConnectToProxy(ctx, c.URL, nil, c.allow, dialer, nil)
 			if ctx.Err() != nil {
-				return
+				return nil
 			}
 			if time.Since(t0) > time.Minute {
 				delay = time.Second // it was up for a while: reconnect quickly
@@ -77,27 +74,22 @@ func (c *Client) Start(context.Context) error {
 			klog.Warningf("tunnel to %s closed (%v); reconnecting in %s", c.URL, err, delay)
 			select {
 			case <-ctx.Done():
-				return
+				return nil
 			case <-time.After(delay):
 			}
 			delay = min(2*delay, 15*time.Second)
 		}
-	}()
-	return nil
+	})
+	return c.runner.Start(ctx)
 }
 
 func (c *Client) Ready(context.Context) error { return nil }
 
 func (c *Client) Stop(ctx context.Context) error {
-	if c.cancel == nil {
+	if c.runner == nil {
 		return nil
 	}
-	c.cancel()
-	select {
-	case <-c.done:
-	case <-ctx.Done():
-	}
-	return nil
+	return c.runner.Stop(ctx)
 }
 
 // allow limits what the server may open through this node.
