@@ -14,6 +14,7 @@ import (
 	"github.com/berth-io/berth/pkg/images"
 	"github.com/berth-io/berth/pkg/kubeconfig"
 	"github.com/berth-io/berth/pkg/node"
+	"github.com/berth-io/berth/pkg/registries"
 )
 
 // Config is one node's configuration.
@@ -26,6 +27,8 @@ type Config struct {
 	ClusterDNS    string
 	ClusterDomain string
 	PauseImage    string
+	// PrivateRegistry is registries.yaml; empty for none.
+	PrivateRegistry string
 	// FlannelBackend is vxlan (default), host-gw or none.
 	FlannelBackend string
 	FlannelIface   string
@@ -110,8 +113,12 @@ func Components(c *Config) ([]component.Component, error) {
 		CNIConfDir:          c.Path("etc/cni/net.d"),
 		StreamPort:          10010,
 	}
-	cs := []component.Component{
-		&Host{DataDir: c.DataDir},
+	cs := []component.Component{&Host{DataDir: c.DataDir}}
+	if c.PrivateRegistry != "" {
+		// Before containerd: it supplies the credentials containerd's config holds.
+		cs = append(cs, &registries.Component{File: c.PrivateRegistry, Containerd: ctrd})
+	}
+	cs = append(cs,
 		&containerd.Containerd{Config: ctrd},
 		&images.Component{Importer: &images.Importer{Dir: c.Path("images"), Socket: ctrd.Socket()}},
 		&node.Kubelet{Config: &node.KubeletConfig{
@@ -135,7 +142,7 @@ func Components(c *Config) ([]component.Component, error) {
 			ExtraArgs:     c.KubeletArgs,
 			HealthzPort:   10248,
 		}},
-	}
+	)
 	if !c.DisableKubeProxy {
 		cs = append(cs, &node.Proxy{Config: &node.ProxyConfig{
 			NodeName:    c.NodeName,

@@ -42,6 +42,7 @@ type JoinOptions struct {
 	NodePasswordFile string
 	LBServerPort     int
 	PauseImage       string
+	PrivateRegistry  string
 	FlannelIface     string
 	KubeletArgs      []string
 	KubeProxyArgs    []string
@@ -123,6 +124,7 @@ func Run(ctx context.Context, o *JoinOptions) error {
 		ClusterDNS:          cc.ClusterDNS,
 		ClusterDomain:       cc.ClusterDomain,
 		PauseImage:          o.PauseImage,
+		PrivateRegistry:     o.PrivateRegistry,
 		FlannelBackend:      cc.FlannelBackend,
 		FlannelIface:        o.FlannelIface,
 		KubeletArgs:         o.KubeletArgs,

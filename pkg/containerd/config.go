@@ -31,6 +31,17 @@ type Config struct {
 	CNIConfDir string
 	// StreamPort is the CRI streaming port on loopback (exec, logs, attach).
 	StreamPort int
+	// RegistryAuth maps a registry host to its credentials (from
+	// registries.yaml); hosts.toml cannot hold them, the CRI config can.
+	RegistryAuth map[string]RegistryAuth
+}
+
+// RegistryAuth is one registry host's credentials, as in Docker's config.json.
+type RegistryAuth struct {
+	Username      string
+	Password      string
+	Auth          string
+	IdentityToken string
 }
 
 // Root is containerd's persistent root.
@@ -90,6 +101,17 @@ state = {{ quote .StateDir }}
     sandbox = {{ quote .PauseImage }}
   [plugins.'io.containerd.cri.v1.images'.registry]
     config_path = {{ quote .CertsDir }}
+{{- range $host, $a := .RegistryAuth }}
+    [plugins.'io.containerd.cri.v1.images'.registry.configs.{{ quote $host }}.auth]
+{{- with $a.Username }}
+      username = {{ quote . }}{{ end }}
+{{- with $a.Password }}
+      password = {{ quote . }}{{ end }}
+{{- with $a.Auth }}
+      auth = {{ quote . }}{{ end }}
+{{- with $a.IdentityToken }}
+      identitytoken = {{ quote . }}{{ end }}
+{{- end }}
 `
 
 // templateData is what the default and user templates see.
@@ -100,10 +122,34 @@ type templateData struct {
 
 func funcs() template.FuncMap {
 	return template.FuncMap{
-		"quote": strconv.Quote, // a TOML basic string is a Go-quoted string for these paths
+		"quote": TOMLString,
 		"itoa":  strconv.Itoa,
 		"join":  func(a, b string) string { return filepath.Join(a, b) },
 	}
+}
+
+// TOMLString quotes s as a TOML basic string. Go's %q is close but writes
+// escapes TOML lacks (\x.., \a, \v), which a password may need.
+func TOMLString(s string) string {
+	var b strings.Builder
+	b.WriteByte('"')
+	for _, r := range s {
+		switch {
+		case r == '"' || r == '\\':
+			b.WriteByte('\\')
+			b.WriteRune(r)
+		case r == '\n':
+			b.WriteString(`\n`)
+		case r == '\t':
+			b.WriteString(`\t`)
+		case r < 0x20 || r == 0x7f:
+			fmt.Fprintf(&b, `\u%04X`, r)
+		default:
+			b.WriteRune(r)
+		}
+	}
+	b.WriteByte('"')
+	return b.String()
 }
 
 // Render returns the config.toml text: the user's template if present,

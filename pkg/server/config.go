@@ -60,6 +60,7 @@ type Config struct {
 	FlannelBackend   string
 	FlannelIface     string
 	PauseImage       string
+	PrivateRegistry  string
 
 	// Derived by Validate.
 	clusterNet, serviceNet *net.IPNet

@@ -43,6 +43,7 @@ func (s *Server) localAgent() ([]component.Component, error) {
 		ClusterDNS:          cfg.ClusterDNS,
 		ClusterDomain:       cfg.ClusterDomain,
 		PauseImage:          cfg.PauseImage,
+		PrivateRegistry:     cfg.PrivateRegistry,
 		FlannelBackend:      cfg.FlannelBackend,
 		FlannelIface:        cfg.FlannelIface,
 		KubeletArgs:         cfg.KubeletArgs,

@@ -7,6 +7,7 @@ import (
 
 	"github.com/berth-io/berth/pkg/agent"
 	"github.com/berth-io/berth/pkg/cli"
+	"github.com/berth-io/berth/pkg/registries"
 )
 
 // envAliases are the k3s-style variable names that differ from BERTH_<FLAG>.
@@ -61,6 +62,7 @@ Flags may also come from BERTH_<FLAG> environment variables (BERTH_URL for
 	f.StringArrayVar(&o.KubeProxyArgs, "kube-proxy-arg", nil, "extra kube-proxy flag, key=value (repeatable)")
 	f.StringVar(&o.FlannelIface, "flannel-iface", "", "network interface flannel uses (default: the node IP's)")
 	f.StringVar(&o.PauseImage, "pause-image", "berth.local/pause:3.10", "pod sandbox image (imported from the images dir)")
+	f.StringVar(&o.PrivateRegistry, "private-registry", registries.DefaultFile, "registry mirrors, rewrites, credentials and TLS for this node's containerd")
 	_ = f.MarkHidden("node-password-file")
 	return cmd
 }

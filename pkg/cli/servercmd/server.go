@@ -9,6 +9,7 @@ import (
 	"github.com/berth-io/berth/manifests"
 	"github.com/berth-io/berth/pkg/cli"
 	"github.com/berth-io/berth/pkg/datastore"
+	"github.com/berth-io/berth/pkg/registries"
 	"github.com/berth-io/berth/pkg/server"
 )
 
@@ -78,6 +79,7 @@ over the files.`,
 	f.StringVar(&cfg.FlannelBackend, "flannel-backend", "vxlan", "pod network backend: vxlan, host-gw or none (bring your own CNI)")
 	f.StringVar(&cfg.FlannelIface, "flannel-iface", "", "network interface flannel uses (default: the node IP's)")
 	f.StringVar(&cfg.PauseImage, "pause-image", "berth.local/pause:3.10", "pod sandbox image (imported from the images dir)")
+	f.StringVar(&cfg.PrivateRegistry, "private-registry", registries.DefaultFile, "registry mirrors, rewrites, credentials and TLS for this node's containerd")
 	f.StringSliceVar(&cfg.Disable, "disable", nil, "packaged add-ons not to deploy (and to remove): "+strings.Join(manifests.Names(), ", "))
 	f.StringVar(&cfg.SystemDefaultRegistry, "system-default-registry", "", "registry prefixing the packaged add-ons' images (default: berth.local, the air-gap images)")
 	f.StringVar(&cfg.DefaultLocalStoragePath, "default-local-storage-path", "", "where local-path volumes live (default: <data-dir>/storage)")
