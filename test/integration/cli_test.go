@@ -55,9 +55,33 @@ func TestKubectlMultiCall(t *testing.T) {
 }
 
 func TestCheckConfigPassesHere(t *testing.T) {
-	code, out := runBerth(t, 30*time.Second, "check-config", "--data-dir", t.TempDir())
+	noFile := filepath.Join(t.TempDir(), "registries.yaml")
+	code, out := runBerth(t, 30*time.Second, "check-config", "--data-dir", t.TempDir(), "--private-registry", noFile)
 	if code != 0 || !strings.Contains(out, "verdict: PASS") {
 		t.Errorf("check-config on this host: exit %d\n%s", code, out)
+	}
+}
+
+// TestCheckConfigRegistries: check-config reads registries.yaml as a node
+// would and names a bad key or an unreadable CA file.
+func TestCheckConfigRegistries(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "registries.yaml")
+	for _, tc := range []struct{ yaml, want string }{
+		{"mirrors:\n  docker.io:\n    endpoint: [\"https://m.example\"]\n", "[ok     ] registries.yaml: " + file + ": 1 mirrors"},
+		{"mirrors:\n  docker.io:\n    endpionts: [\"https://m.example\"]\n", file + `: unknown key mirrors."docker.io".endpionts`},
+		{"configs:\n  m.example:\n    tls:\n      ca_file: " + dir + "/missing.crt\n", file + `: configs."m.example".tls: ca_file` + ": open " + dir + "/missing.crt: no such file or directory"},
+	} {
+		if err := os.WriteFile(file, []byte(tc.yaml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		code, out := runBerth(t, 30*time.Second, "check-config", "--data-dir", t.TempDir(), "--private-registry", file)
+		if !strings.Contains(out, tc.want) {
+			t.Errorf("check-config with\n%s\nexit %d, output lacks %q:\n%s", tc.yaml, code, tc.want, out)
+		}
+		if bad := !strings.HasPrefix(tc.want, "[ok"); bad != (code != 0) {
+			t.Errorf("check-config with\n%s\nexit %d", tc.yaml, code)
+		}
 	}
 }
 
