@@ -17,6 +17,8 @@ LDFLAGS := -s -w \
 	$(foreach p,k8s.io/component-base/version k8s.io/client-go/pkg/version,\
 	  -X $(p).gitVersion=$(K8S_VERSION) -X $(p).gitMajor=$(K8S_MAJOR) -X $(p).gitMinor=$(K8S_MINOR) \
 	  -X $(p).gitTreeState=clean -X $(p).buildDate=1970-01-01T00:00:00Z)
+# The host's architecture names the air-gap bundle the tests use.
+ARCH ?= $(shell $(GO) env GOARCH)
 GOBUILD := CGO_ENABLED=1 $(GO) build -trimpath -tags "$(TAGS)" -ldflags "$(LDFLAGS)"
 
 # Unit tests beside the code (some, as root, start bin/berth or use network
@@ -71,7 +73,7 @@ integration: build
 # the multi-node one's included).
 e2e: build airgap
 	BERTH_BIN=$(CURDIR)/$(BIN)/berth BERTH_IMAGES=$(CURDIR)/dist/images \
-	  BERTH_AIRGAP=$(CURDIR)/$(AIRGAP_DIR)/berth-airgap-images-amd64.tar.zst \
+	  BERTH_AIRGAP=$(CURDIR)/$(AIRGAP_DIR)/berth-airgap-images-$(ARCH).tar.zst \
 	  $(GO) test -count=1 -p 1 -timeout 30m -tags "$(TAGS)" -v $(E2E_PKGS)
 
 test: unit integration e2e

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -192,7 +193,7 @@ func Build(root string) (Artifacts, error) {
 		a.Images = filepath.Join(root, "dist", "images")
 	}
 	if a.Airgap == "" {
-		a.Airgap = filepath.Join(root, "dist", "artifacts", "berth-airgap-images-amd64.tar.zst")
+		a.Airgap = filepath.Join(root, "dist", "artifacts", "berth-airgap-images-"+runtime.GOARCH+".tar.zst")
 	}
 	return a, nil
 }
