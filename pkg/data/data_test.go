@@ -19,11 +19,12 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/berth-io/berth/pkg/data/payload"
+	"github.com/berth-io/berth/pkg/data/store"
 )
 
 // makePayload packs files (name → content) with payload.Write, as the build
 // does, and returns a source for it that counts how often it is opened.
-func makePayload(t *testing.T, files map[string]string) (source, []byte, *atomic.Int32) {
+func makePayload(t *testing.T, files map[string]string) (store.Source, []byte, *atomic.Int32) {
 	t.Helper()
 	dir := t.TempDir()
 	for name, content := range files {
@@ -38,12 +39,12 @@ func makePayload(t *testing.T, files map[string]string) (source, []byte, *atomic
 	return sourceOf(buf.Bytes())
 }
 
-func sourceOf(b []byte) (source, []byte, *atomic.Int32) {
+func sourceOf(b []byte) (store.Source, []byte, *atomic.Int32) {
 	sum := sha256.Sum256(b)
 	opens := new(atomic.Int32)
-	return source{
-		hash: hex.EncodeToString(sum[:]),
-		open: func() (io.ReadCloser, error) {
+	return store.Source{
+		Hash: hex.EncodeToString(sum[:]),
+		Open: func() (io.ReadCloser, error) {
 			opens.Add(1)
 			return io.NopCloser(bytes.NewReader(b)), nil
 		},
@@ -101,7 +102,7 @@ func TestExtractUnpacksAndVerifies(t *testing.T) {
 	if err != nil {
 		t.Fatalf("extract: %v", err)
 	}
-	want := filepath.Join(dataDir, "data", src.hash, "bin")
+	want := filepath.Join(dataDir, "data", src.Hash, "bin")
 	if binDir != want {
 		t.Fatalf("binDir = %s, want %s", binDir, want)
 	}
@@ -116,13 +117,13 @@ func TestExtractUnpacksAndVerifies(t *testing.T) {
 			t.Errorf("%s: mode %v, want 0755", name, st.Mode().Perm())
 		}
 	}
-	if target, _ := os.Readlink(filepath.Join(dataDir, "data", "current")); target != src.hash {
-		t.Errorf("current -> %q, want %q", target, src.hash)
+	if target, _ := os.Readlink(filepath.Join(dataDir, "data", "current")); target != src.Hash {
+		t.Errorf("current -> %q, want %q", target, src.Hash)
 	}
 	if _, err := os.Lstat(filepath.Join(dataDir, "data", "previous")); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("previous exists after a first install: %v", err)
 	}
-	if _, err := os.Stat(filepath.Join(dataDir, "data", src.hash+"-tmp")); !errors.Is(err, fs.ErrNotExist) {
+	if _, err := os.Stat(filepath.Join(dataDir, "data", src.Hash+"-tmp")); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("temporary directory left behind: %v", err)
 	}
 
@@ -149,10 +150,10 @@ func TestExtractRedoesIncompleteInstall(t *testing.T) {
 		name string
 		do   func() error
 	}{
-		{"marker missing", func() error { return os.Remove(filepath.Join(dir, markerName)) }},
+		{"marker missing", func() error { return os.Remove(filepath.Join(dir, store.MarkerName)) }},
 		{"binary deleted", func() error { return os.Remove(filepath.Join(binDir, "runc")) }},
 		{"leftover tmp dir", func() error {
-			if err := os.Remove(filepath.Join(dir, markerName)); err != nil {
+			if err := os.Remove(filepath.Join(dir, store.MarkerName)); err != nil {
 				return err
 			}
 			return os.MkdirAll(filepath.Join(dir+"-tmp", "bin", "junk"), 0o755)
@@ -191,16 +192,16 @@ func TestExtractUpgradeKeepsPrevious(t *testing.T) {
 	}
 	cur, _ := os.Readlink(filepath.Join(root, "current"))
 	prev, _ := os.Readlink(filepath.Join(root, "previous"))
-	if cur != newSrc.hash || prev != oldSrc.hash {
-		t.Fatalf("after upgrade current -> %s, previous -> %s; want %s, %s", cur, prev, newSrc.hash, oldSrc.hash)
+	if cur != newSrc.Hash || prev != oldSrc.Hash {
+		t.Fatalf("after upgrade current -> %s, previous -> %s; want %s, %s", cur, prev, newSrc.Hash, oldSrc.Hash)
 	}
 	// Going back to the old binary reuses its complete directory.
-	if bin, err := extract(dataDir, oldSrc); err != nil || bin != filepath.Join(root, oldSrc.hash, "bin") {
+	if bin, err := extract(dataDir, oldSrc); err != nil || bin != filepath.Join(root, oldSrc.Hash, "bin") {
 		t.Fatalf("downgrade: %s, %v", bin, err)
 	}
 	cur, _ = os.Readlink(filepath.Join(root, "current"))
 	prev, _ = os.Readlink(filepath.Join(root, "previous"))
-	if cur != oldSrc.hash || prev != newSrc.hash {
+	if cur != oldSrc.Hash || prev != newSrc.Hash {
 		t.Fatalf("after downgrade current -> %s, previous -> %s", cur, prev)
 	}
 }
@@ -243,7 +244,7 @@ func assertNothingInstalled(t *testing.T, dataDir string) {
 		t.Fatal(err)
 	}
 	for _, e := range entries {
-		if e.Name() != lockName {
+		if e.Name() != store.LockName {
 			t.Errorf("left behind after a failed extract: data/%s", e.Name())
 		}
 	}
@@ -256,7 +257,7 @@ func TestExtractCorruptPayload(t *testing.T) {
 	flipped[len(flipped)/2] ^= 0xff
 	srcFlipped, _, _ := sourceOf(flipped)
 	// The build recorded the good payload's sum, then the bytes changed.
-	srcFlipped.hash = sumOf(string(good))
+	srcFlipped.Hash = sumOf(string(good))
 
 	srcTruncated, _, _ := sourceOf(good[:len(good)/2])
 
@@ -290,7 +291,7 @@ func TestExtractCorruptPayload(t *testing.T) {
 
 	for _, tc := range []struct {
 		name string
-		src  source
+		src  store.Source
 		want string
 	}{
 		{"flipped byte", srcFlipped, ""}, // zstd or the payload sha256 catches it
@@ -319,10 +320,10 @@ func TestExtractCorruptPayload(t *testing.T) {
 
 func TestExtractWrongPayloadHash(t *testing.T) {
 	src, _, _ := makePayload(t, helpers)
-	src.hash = sumOf("something else")
+	src.Hash = sumOf("something else")
 	dataDir := t.TempDir()
 	_, err := extract(dataDir, src)
-	if err == nil || !strings.Contains(err.Error(), "but was built as "+src.hash) {
+	if err == nil || !strings.Contains(err.Error(), "but was built as "+src.Hash) {
 		t.Fatalf("err = %v, want a payload checksum mismatch", err)
 	}
 	assertNothingInstalled(t, dataDir)
@@ -338,16 +339,16 @@ func TestExtractFailureKeepsCurrent(t *testing.T) {
 	if _, err := extract(dataDir, bad); err == nil {
 		t.Fatal("extract of garbage succeeded")
 	}
-	if cur, _ := os.Readlink(filepath.Join(dataDir, "data", "current")); cur != good.hash {
-		t.Errorf("current -> %s after a failed upgrade, want the old %s", cur, good.hash)
+	if cur, _ := os.Readlink(filepath.Join(dataDir, "data", "current")); cur != good.Hash {
+		t.Errorf("current -> %s after a failed upgrade, want the old %s", cur, good.Hash)
 	}
-	if _, err := os.Stat(filepath.Join(dataDir, "data", bad.hash)); !errors.Is(err, fs.ErrNotExist) {
+	if _, err := os.Stat(filepath.Join(dataDir, "data", bad.Hash)); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("failed payload's directory exists: %v", err)
 	}
 }
 
 func TestExtractNoPayload(t *testing.T) {
-	_, err := extract(t.TempDir(), source{})
+	_, err := extract(t.TempDir(), store.Source{})
 	if !errors.Is(err, ErrNoPayload) {
 		t.Fatalf("err = %v, want ErrNoPayload", err)
 	}
@@ -406,7 +407,7 @@ func TestEmbeddedPayload(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Extract: %v", err)
 	}
-	if binDir != filepath.Join(dataDir, "data", src.hash, "bin") {
+	if binDir != filepath.Join(dataDir, "data", src.Hash, "bin") {
 		t.Errorf("binDir %s", binDir)
 	}
 	for _, name := range []string{"runc", "containerd", "containerd-shim-runc-v2", "crictl",
@@ -434,5 +435,40 @@ func BenchmarkExtractFastPath(b *testing.B) {
 		if _, err := extract(dataDir, src); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestBeside checks the release layout: a binary inside a complete unpacked
+// payload that lists it uses that directory; anything else does not.
+func TestBeside(t *testing.T) {
+	files := map[string]string{"berth": "berth itself", "runc": "runc", "containerd": "containerd"}
+	src, _, _ := makePayload(t, files)
+	dataDir := t.TempDir()
+	binDir, err := extract(dataDir, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := besideOf(filepath.Join(binDir, "berth")); err != nil || got != binDir {
+		t.Fatalf("besideOf(berth) = %q, %v; want %s", got, err, binDir)
+	}
+	// A file sha256sums does not list (a copy put there by hand).
+	stray := filepath.Join(binDir, "stray")
+	if err := os.WriteFile(stray, nil, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := besideOf(stray); err == nil {
+		t.Error("besideOf accepted a binary the payload does not list")
+	}
+	// A helper deleted by hand: the directory is incomplete.
+	if err := os.Remove(filepath.Join(binDir, "runc")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := besideOf(filepath.Join(binDir, "berth")); err == nil {
+		t.Error("besideOf accepted an incomplete directory")
+	}
+	// A binary anywhere else.
+	other := filepath.Join(t.TempDir(), "bin", "berth")
+	if _, err := besideOf(other); err == nil {
+		t.Error("besideOf accepted a directory that is no payload")
 	}
 }

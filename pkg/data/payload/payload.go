@@ -52,29 +52,16 @@ func Write(w io.Writer, dir string) error {
 	if err != nil {
 		return fmt.Errorf("reading %s: %w", dir, err)
 	}
-	var names []string
+	var files []string
 	for _, e := range entries {
 		if !e.Type().IsRegular() || strings.HasSuffix(e.Name(), ".new") {
 			continue // skip directories and half-written build outputs
 		}
-		names = append(names, e.Name())
+		files = append(files, filepath.Join(dir, e.Name()))
 	}
-	if len(names) == 0 {
+	if len(files) == 0 {
 		return fmt.Errorf("no files in %s", dir)
 	}
-	sort.Strings(names)
-
-	var sums bytes.Buffer
-	sizes := make(map[string]int64, len(names))
-	for _, n := range names {
-		sum, size, err := hashFile(filepath.Join(dir, n))
-		if err != nil {
-			return err
-		}
-		sizes[n] = size
-		fmt.Fprintf(&sums, "%s  %s/%s\n", sum, BinDir, n)
-	}
-
 	zw, err := zstd.NewWriter(w,
 		zstd.WithEncoderLevel(zstd.SpeedBestCompression),
 		zstd.WithWindowSize(WindowSize),
@@ -83,10 +70,55 @@ func Write(w io.Writer, dir string) error {
 	if err != nil {
 		return fmt.Errorf("zstd encoder: %w", err)
 	}
-	tw := tar.NewWriter(zw)
+	if err := WriteTar(zw, files); err != nil {
+		return err
+	}
+	if err := zw.Close(); err != nil {
+		return fmt.Errorf("closing zstd stream: %w", err)
+	}
+	return nil
+}
+
+// WriteTar writes the uncompressed payload tar of files to w: each file as
+// bin/<its base name>, sorted by name, then the sha256sums entry. The
+// output depends only on the files' names and contents. Compressing it is
+// the caller's part: Write uses the zstd package, the release build
+// (hack/mkrelease) the zstd command, which compresses further; Unpack
+// reads either as long as the window is at most WindowSize.
+func WriteTar(w io.Writer, files []string) error {
+	byName := make(map[string]string, len(files))
+	var names []string
+	for _, f := range files {
+		n := filepath.Base(f)
+		if n == "" || n == "." || n == ".." || strings.HasPrefix(n, ".") {
+			return fmt.Errorf("cannot pack %s: bad entry name", f)
+		}
+		if other, dup := byName[n]; dup {
+			return fmt.Errorf("cannot pack %s and %s: both would be %s/%s", other, f, BinDir, n)
+		}
+		byName[n] = f
+		names = append(names, n)
+	}
+	if len(names) == 0 {
+		return errors.New("no files to pack")
+	}
+	sort.Strings(names)
+
+	var sums bytes.Buffer
+	sizes := make(map[string]int64, len(names))
+	for _, n := range names {
+		sum, size, err := hashFile(byName[n])
+		if err != nil {
+			return err
+		}
+		sizes[n] = size
+		fmt.Fprintf(&sums, "%s  %s/%s\n", sum, BinDir, n)
+	}
+
+	tw := tar.NewWriter(w)
 	// Sorted by entry name: every bin/… sorts before sha256sums.
 	for _, n := range names {
-		if err := addFile(tw, filepath.Join(dir, n), BinDir+"/"+n, sizes[n]); err != nil {
+		if err := addFile(tw, byName[n], BinDir+"/"+n, sizes[n]); err != nil {
 			return err
 		}
 	}
@@ -98,9 +130,6 @@ func Write(w io.Writer, dir string) error {
 	}
 	if err := tw.Close(); err != nil {
 		return fmt.Errorf("closing tar: %w", err)
-	}
-	if err := zw.Close(); err != nil {
-		return fmt.Errorf("closing zstd stream: %w", err)
 	}
 	return nil
 }
@@ -155,7 +184,8 @@ func hashFile(p string) (string, int64, error) {
 // empty): dst/bin/<name> (mode 0755) and dst/sha256sums. Every file is
 // fsynced, and every file's sha256 must match sha256sums and vice versa;
 // the error names the first entry that does not. On error dst holds
-// whatever was written so far; the caller discards it.
+// whatever was written so far; the caller discards it. The zstd window may
+// be at most WindowSize.
 func Unpack(r io.Reader, dst string) error {
 	zr, err := zstd.NewReader(r,
 		zstd.WithDecoderMaxWindow(WindowSize),
