@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -17,25 +16,18 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/berth-io/berth/pkg/config"
+	"github.com/berth-io/berth/pkg/defaults"
 	"github.com/berth-io/berth/pkg/version"
 )
 
 // Defaults shared by every role.
 const (
-	DefaultConfigFile = "/etc/berth/config.yaml"
+	DefaultConfigFile = defaults.ConfigFile
 	DefaultKubeconfig = "/etc/berth/berth.yaml"
 )
 
 // DefaultDataDir is /var/lib/berth for root and ~/.berth otherwise, as k3s does.
-func DefaultDataDir() string {
-	if os.Geteuid() == 0 {
-		return "/var/lib/berth"
-	}
-	if home, err := os.UserHomeDir(); err == nil {
-		return filepath.Join(home, ".berth")
-	}
-	return "/var/lib/berth"
-}
+func DefaultDataDir() string { return defaults.DataDir() }
 
 // NewRoot returns the `berth` command; extra lines go into --version.
 func NewRoot(extraVersions map[string]string, sub ...*cobra.Command) *cobra.Command {
