@@ -77,7 +77,7 @@ type builder struct {
 	binCache string // where binaries built from Go modules are kept
 	layers   string // where compressed layers are kept (build.CachedLayer)
 	work     string // scratch directory, removed at exit
-	arch     string // GOARCH of the images (the host's)
+	arch     string // GOARCH of the images (-arch; the host's by default)
 
 	goVersion string // of goBin, read once
 }
@@ -91,15 +91,19 @@ func main() {
 	layers := flag.String("layercache", "dist/cache/layers", "directory for compressed image layers")
 	airgap := flag.String("airgap", "", "also write the air-gap bundle and its image list into this directory")
 	goBin := flag.String("go", "go", "the go command used to build the Go programs")
+	arch := flag.String("arch", runtime.GOARCH, "GOARCH of the images: amd64, arm64, arm (armhf) or riscv64")
 	flag.Parse()
-	if err := run(*out, *cache, *binCache, *layers, *airgap, *goBin); err != nil {
+	if err := run(*out, *cache, *binCache, *layers, *airgap, *goBin, *arch); err != nil {
 		log.Fatal(err)
 	}
 }
 
-func run(out, cache, binCache, layers, airgap, goBin string) error {
+func run(out, cache, binCache, layers, airgap, goBin, arch string) error {
 	if runtime.GOOS != "linux" {
 		return errors.New("images are built on Linux only (busybox comes from a Debian package)")
+	}
+	if _, ok := debArches[arch]; !ok {
+		return fmt.Errorf("unknown -arch %q: want one of amd64, arm64, arm, riscv64", arch)
 	}
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return fmt.Errorf("creating output directory: %w", err)
@@ -109,9 +113,10 @@ func run(out, cache, binCache, layers, airgap, goBin string) error {
 		return fmt.Errorf("creating scratch directory: %w", err)
 	}
 	defer os.RemoveAll(work)
-	// Images hold host-built binaries (busybox runs here to list its
-	// applets), so they are for the host's architecture.
-	b := &builder{goBin: goBin, cache: cache, binCache: binCache, layers: layers, work: work, arch: runtime.GOARCH}
+	// The Go programs are cross-compiled (CGO off) and busybox comes from
+	// Debian's package for that architecture (another architecture's busybox
+	// runs here through qemu-user to list its applets).
+	b := &builder{goBin: goBin, cache: cache, binCache: binCache, layers: layers, work: work, arch: arch}
 
 	var list, bundleList strings.Builder
 	bundle := map[string]v1.Image{}
@@ -218,6 +223,7 @@ func (b *builder) goImage(prog string, cfg build.Config) (v1.Image, error) {
 	if err != nil {
 		return nil, err
 	}
+	cfg.Architecture = b.arch
 	return build.Image(cfg, layer)
 }
 
@@ -262,6 +268,9 @@ func (b *builder) busybox() (v1.Image, error) {
 	}
 	applets, err := output(bin, "--list")
 	if err != nil {
+		if b.arch != runtime.GOARCH {
+			err = fmt.Errorf("%w (running the %s busybox here needs qemu-user-static: make deps)", err, b.arch)
+		}
 		return nil, fmt.Errorf("listing busybox applets: %w", err)
 	}
 
@@ -299,7 +308,8 @@ func (b *builder) busybox() (v1.Image, error) {
 		return nil, err
 	}
 	return build.Image(build.Config{
-		Cmd: []string{"sh"},
+		Cmd:          []string{"sh"},
+		Architecture: b.arch,
 		Labels: map[string]string{
 			// The tag is the name tests use; this is what is inside.
 			"org.opencontainers.image.version":     version,
@@ -309,13 +319,15 @@ func (b *builder) busybox() (v1.Image, error) {
 	}, layer)
 }
 
-// debPackage returns the cached .deb of pkg for the host's Debian
+// debArches maps GOARCH to Debian's architecture names.
+var debArches = map[string]string{"amd64": "amd64", "arm64": "arm64", "arm": "armhf", "riscv64": "riscv64"}
+
+// debPackage returns the cached .deb of pkg for the images' Debian
 // architecture, downloading it with apt-get first if it is not cached.
+// Another architecture's package needs `dpkg --add-architecture` and an
+// `apt-get update` first (make deps does both for arm64 and armhf).
 func (b *builder) debPackage(pkg string) (string, error) {
-	debArch, err := output("dpkg", "--print-architecture")
-	if err != nil {
-		return "", err
-	}
+	debArch := debArches[b.arch]
 	pattern := filepath.Join(b.cache, pkg+"_*_"+debArch+".deb")
 	if deb, err := onlyMatch(pattern); err != nil || deb != "" {
 		return deb, err
@@ -327,7 +339,7 @@ func (b *builder) debPackage(pkg string) (string, error) {
 	if err := os.MkdirAll(dl, 0o755); err != nil {
 		return "", err
 	}
-	args := []string{"download", pkg}
+	args := []string{"download", pkg + ":" + debArch}
 	if os.Geteuid() == 0 {
 		// apt drops to the _apt user, which cannot write here; as root
 		// there is nothing to gain and a warning to lose.
@@ -343,7 +355,7 @@ func (b *builder) debPackage(pkg string) (string, error) {
 			return "", err
 		}
 		if err := runCmd(dl, "apt-get", args...); err != nil {
-			return "", err
+			return "", fmt.Errorf("%w (another architecture's packages need `dpkg --add-architecture %s` and `apt-get update` first)", err, debArch)
 		}
 	}
 	got, err := onlyMatch(filepath.Join(dl, pkg+"_*_"+debArch+".deb"))

@@ -124,6 +124,7 @@ func (b *builder) moduleImage(p program, binPath string, tweak func(*build.Entry
 		"io.berth.image.go-package":            p.pkg,
 	}}
 	tweak(&binEntry, &cfg)
+	cfg.Architecture = b.arch
 	entries := append(baseEntries(), binEntry,
 		// Apache-2.0 asks that the licence travel with the binary.
 		build.HostFile("/usr/share/doc/"+p.name+"/LICENSE", 0o644, filepath.Join(m.Dir, "LICENSE")))
