@@ -10,7 +10,9 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/berth-io/berth/pkg/data"
 	"github.com/berth-io/berth/pkg/data/payload"
@@ -360,4 +362,47 @@ func TestLaunchUnwritableDataDir(t *testing.T) {
 		t.Fatalf("err %v, stderr %q: want a hint at --data-dir", err, stderr)
 	}
 	t.Log(strings.TrimSpace(stderr))
+}
+
+// TestUnpackReleaseBinary unpacks a real release binary (make release),
+// named by BERTH_RELEASE_BINARY, the way the launcher does, and reports the
+// time and this process's peak RSS (the decoder's memory plus the test
+// binary's own). Any architecture's release binary works: only the payload
+// is read.
+//
+//	BERTH_RELEASE_BINARY=dist/artifacts/berth-arm64 go test -run TestUnpackReleaseBinary -v ./pkg/launcher
+func TestUnpackReleaseBinary(t *testing.T) {
+	path := os.Getenv("BERTH_RELEASE_BINARY")
+	if path == "" {
+		t.Skip("BERTH_RELEASE_BINARY not set")
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := ReadTrailer(f, st.Size())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var before syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &before)
+	start := time.Now()
+	exe, err := Unpack(f, tr, t.TempDir())
+	took := time.Since(start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var after syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &after)
+	files, err := store.Files(filepath.Dir(filepath.Dir(exe)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s: payload %.2f MiB → %d files in %s; peak RSS %d MiB (%d MiB before unpacking)",
+		path, float64(tr.Size)/(1<<20), len(files), took.Round(time.Millisecond), after.Maxrss>>10, before.Maxrss>>10)
 }
