@@ -30,7 +30,18 @@ RELEASE_OUT ?= dist/artifacts
 # only importer of Go's "plugin" package, which makes the linker export every
 # symbol dynamically (-rdynamic): 39 MB of .dynsym/.dynstr in berth, 23 MB in
 # berth-agent, for a kustomize feature (Go plugins) kubectl never enables.
+#
+# Release binaries are static, as k3s's are: they run whatever C library
+# the host has (a binary linked to Debian 12's glibc 2.36 would not start on
+# older distributions), and under qemu-user, where this VM's dynamically
+# linked glibc programs hang in pthread_create (see docs/architecture.md).
+# Like k3s, the tags keep netcgo: the static glibc's own files and dns
+# lookups (built into glibc since 2.34) answer; only NSS modules beyond those
+# (a host's nsswitch.conf naming resolve or mdns) would be dlopen'ed from the
+# host. (netgo would change the net package and so recompile all of
+# Kubernetes per architecture.)
 RELEASE_TAGS ?= $(TAGS) external_helpers kustomize_disable_go_plugin_support
+RELEASE_LDFLAGS ?= $(LDFLAGS) -linkmode external -extldflags -static
 # zstd options for the payload. The window (--long=N: 2^N bytes) is what the
 # launcher's decoder must hold in memory once, at first start; it may not
 # exceed payload.WindowSize, 32 MiB (hack/mkrelease checks).
@@ -96,9 +107,9 @@ release-helpers-$(1):
 release-inner-$(1): release-helpers-$(1)
 	@mkdir -p $(RELEASE_BUILD)/$(1)
 	$(call release_env,$(1)) CGO_ENABLED=1 $(GO) build -trimpath -tags "$(RELEASE_TAGS)" \
-	  -ldflags "$(LDFLAGS)" -o $(RELEASE_BUILD)/$(1)/berth ./cmd/berth
+	  -ldflags "$(RELEASE_LDFLAGS)" -o $(RELEASE_BUILD)/$(1)/berth ./cmd/berth
 	$(call release_env,$(1)) CGO_ENABLED=1 $(GO) build -trimpath -tags "$(RELEASE_TAGS)" \
-	  -ldflags "$(LDFLAGS)" -o $(RELEASE_BUILD)/$(1)/berth-agent ./cmd/berth-agent
+	  -ldflags "$(RELEASE_LDFLAGS)" -o $(RELEASE_BUILD)/$(1)/berth-agent ./cmd/berth-agent
 	$(call release_env,$(1)) CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" \
 	  -o $(RELEASE_BUILD)/$(1)/berth-launcher ./cmd/berth-launcher
 
