@@ -22,7 +22,7 @@
 # Build trees live in $(RELEASE_BUILD)/<arch>/; a cold build compiles all of
 # Kubernetes once per architecture (~6-10 min on 2 cores, ~3 GB to link).
 RELEASE_ARCHES ?= amd64 arm64 arm
-RELEASE_SMOKE_ARCHES ?= arm64 arm
+RELEASE_SMOKE_ARCHES ?= $(RELEASE_ARCHES)
 RELEASE_BUILD ?= build/release
 RELEASE_OUT ?= dist/artifacts
 # external_helpers: berth carries no embedded helper payload (they travel
