@@ -50,18 +50,18 @@ second=$(elapsed "$t")
 cmp -s "$tmp/version1" "$tmp/version2" || fail "first and second --version differ"
 grep -q "^kubernetes v" "$tmp/version1" || { cat "$tmp/version1" >&2; fail "--version names no Kubernetes version"; }
 grep -q "linux/$arch\$" "$tmp/version1" || { cat "$tmp/version1" >&2; fail "--version is not linux/$arch"; }
-inner=$(find "$BERTH_DATA_DIR"/data/*/bin -maxdepth 1 -name 'berth*' -type f | head -1)
+cur=$(readlink "$BERTH_DATA_DIR/data/current" || true)
+dir=$BERTH_DATA_DIR/data/$cur
+if [ -z "$cur" ] || [ ! -e "$dir/.installed" ]; then
+	fail "no complete unpacked directory behind $BERTH_DATA_DIR/data/current"
+fi
+inner=$(find "$dir/bin" -maxdepth 1 -name 'berth*' -type f | head -1)
 t=$(now)
 "$inner" --version >/dev/null 2>&1 || fail "the unpacked $inner --version failed"
 direct=$(elapsed "$t")
 say "--version: first run (unpacks) ${first}s, second ${second}s, the unpacked binary itself ${direct}s"
 sed 's/^/    /' "$tmp/version1"
-
-dirs=("$BERTH_DATA_DIR"/data/*/)
-if ! { [ "${#dirs[@]}" -eq 1 ] && [ -e "${dirs[0]}.installed" ]; }; then
-	fail "expected one complete unpacked directory in $BERTH_DATA_DIR/data"
-fi
-say "unpacked: $(du -sm "${dirs[0]}" | cut -f1) MiB in ${dirs[0]#"$tmp"/}, $(find "${dirs[0]}bin" -type f | wc -l) files"
+say "unpacked: $(du -sm "$dir" | cut -f1) MiB in data/$cur, $(find "$dir/bin" -type f | wc -l) files"
 
 # A multi-call link to the release binary: argv[0] must survive the launcher.
 case "$name" in
