@@ -181,7 +181,7 @@ image: release-inner-$(IMAGE_ARCH) image-deps
 	rm -f $(IMAGE_OUT)/berth-image-$(IMAGE_ARCH).tar
 	$(BUILDAH) push $(IMAGE_NAME):$(IMAGE_TAG)-$(IMAGE_ARCH) \
 	  docker-archive:$(IMAGE_OUT)/berth-image-$(IMAGE_ARCH).tar:$(IMAGE_NAME):$(IMAGE_TAG)-$(IMAGE_ARCH)
-	$(BUILDAH) images $(IMAGE_NAME)
+	$(BUILDAH) images
 	@ls -l $(IMAGE_OUT)/berth-image-$(IMAGE_ARCH).tar
 
 # buildah without recommends: no crun, netavark or fuse-overlayfs (a FROM
