@@ -73,10 +73,13 @@ release_env = GOOS=linux GOARCH=$(1) $(if $(filter arm,$(1)),GOARM=7) CC=$(relea
 	PKG_CONFIG_LIBDIR=/usr/lib/$(release_triplet_$(1))/pkgconfig:/usr/share/pkgconfig
 
 # Debian 12 has no riscv64 packages (riscv64 became a release architecture
-# in Debian 13), so no libseccomp for it: its runc is built without seccomp.
-release_helper_args_riscv64 := RUNC_TAGS="urfave_cli_no_docs netgo osusergo"
+# in Debian 13), so no libseccomp for it: its runc is built here, static and
+# without seccomp (RuntimeDefault profiles cannot be applied), and the other
+# helpers by mk/helpers.mk.
+release_nohelper_runc = $(filter riscv64,$(1))
+release_helper_args_riscv64 = HELPER_FILES="$(addprefix $(RELEASE_BUILD)/riscv64/helpers/bin/,$(filter-out runc,$(RELEASE_HELPER_NAMES)))"
 
-RELEASE_HELPER_NAMES := $(notdir $(HELPER_FILES))
+RELEASE_HELPER_NAMES = $(notdir $(HELPER_FILES))
 
 .PHONY: release release-deps release-install-sh release-smoke release-clean
 
@@ -100,6 +103,9 @@ release-$(1): release-bin-$(1) release-airgap-$(1)
 release-helpers-$(1):
 	$(call release_env,$(1)) $(MAKE) --no-print-directory helpers-bin \
 	  HELPERS_DIR=$(RELEASE_BUILD)/$(1)/helpers $(release_helper_args_$(1))
+	$(if $(call release_nohelper_runc,$(1)),$(call release_env,$(1)) CGO_ENABLED=1 $(GO) build -trimpath \
+	  -tags "urfave_cli_no_docs netgo osusergo" -ldflags "-s -w -linkmode external -extldflags -static" \
+	  -o $(RELEASE_BUILD)/$(1)/helpers/bin/runc github.com/opencontainers/runc)
 
 # berth, berth-agent (without embedded helpers: they travel beside them)
 # and the launcher. go build relinks only when something changed (it
