@@ -52,7 +52,7 @@ FORCE:
 # Host packages berth's tests and nodes need (Debian/Ubuntu).
 deps:
 	@if command -v apt-get >/dev/null; then \
-	  need=""; for p in gcc libc6-dev pkg-config libseccomp-dev iptables iproute2 procps conntrack ipset kmod; do \
+	  need=""; for p in gcc libc6-dev pkg-config libseccomp-dev iptables iproute2 procps conntrack ipset kmod shellcheck systemd curl; do \
 	    dpkg -s $$p >/dev/null 2>&1 || need="$$need $$p"; done; \
 	  if [ -n "$$need" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need; fi; \
 	else echo "make deps: no apt-get; install gcc, iptables, iproute2, conntrack, ipset, kmod yourself" >&2; fi
