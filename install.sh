@@ -354,10 +354,12 @@ for cmd in kubectl crictl ctr; do
 	esac
 done
 # Other berth services (a second name) keep the binaries and the data.
-if ls "${SYSTEMD_DIR}"/berth*.service /etc/init.d/berth* >/dev/null 2>&1; then
-	rm -f "${UNINSTALL_BERTH_SH}"
-	exit 0
-fi
+for other in "${SYSTEMD_DIR}"/berth*.service /etc/init.d/berth*; do
+	if [ -e "\${other}" ]; then
+		rm -f "${UNINSTALL_BERTH_SH}"
+		exit 0
+	fi
+done
 rm -rf /etc/berth /var/lib/berth /run/berth /run/flannel /var/lib/kubelet /var/log/pods /var/log/containers
 rm -f "${BIN_DIR}/berth" "${BIN_DIR}/berth-agent" "${KILLALL_BERTH_SH}" "${UNINSTALL_BERTH_SH}"
 EOF

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/coreos/go-systemd/v22/daemon"
 	"k8s.io/klog/v2"
 )
 
@@ -145,6 +146,11 @@ func (m *Manager) Stop(timeout time.Duration) error {
 // error), then stops every component. A component that does not stop
 // within stopTimeout is abandoned: the process is about to exit.
 func (m *Manager) Serve(ctx context.Context, what string, stopTimeout time.Duration) error {
+	// Under systemd (Type=notify) the unit becomes active only now, so
+	// `systemctl start` returns when the node really runs.
+	if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
+		klog.Warningf("notify systemd: %v", err)
+	}
 	var runErr error
 	select {
 	case <-ctx.Done():
@@ -152,6 +158,7 @@ func (m *Manager) Serve(ctx context.Context, what string, stopTimeout time.Durat
 	case runErr = <-m.Failed():
 		klog.Errorf("%v; stopping %s", runErr, what)
 	}
+	_, _ = daemon.SdNotify(false, daemon.SdNotifyStopping)
 	if err := m.Stop(stopTimeout); err != nil {
 		klog.Warningf("while stopping: %v", err)
 	}
