@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -78,7 +77,7 @@ func (c *Containerd) spawn() error {
 	cmd := exec.Command(filepath.Join(cfg.BinDir, "containerd"), "--config", cfg.ConfigPath())
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// The shim and runc are found on PATH; the bundled ones come first.
-	cmd.Env = append(childEnv(), "PATH="+cfg.BinDir+":"+os.Getenv("PATH"))
+	cmd.Env = append(os.Environ(), "PATH="+cfg.BinDir+":"+os.Getenv("PATH"))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
@@ -212,14 +211,3 @@ func rotate(path string) error {
 	return os.Rename(path, path+".1")
 }
 
-// childEnv is berth's environment without NOTIFY_SOCKET: containerd would
-// tell systemd it is ready, and only berth itself may (Type=notify).
-func childEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "NOTIFY_SOCKET=") {
-			env = append(env, kv)
-		}
-	}
-	return env
-}

@@ -26,6 +26,7 @@ import (
 	"github.com/berth-io/berth/pkg/lock"
 	"github.com/berth-io/berth/pkg/memory"
 	"github.com/berth-io/berth/pkg/pki"
+	"github.com/berth-io/berth/pkg/sdnotify"
 	"github.com/berth-io/berth/pkg/supervisor"
 	"github.com/berth-io/berth/pkg/token"
 	"github.com/berth-io/berth/pkg/tunnel"
@@ -281,6 +282,7 @@ func (s *Server) buildComponents() error {
 	handlers[join.ConnectPath] = tun.Handler()
 
 	m := component.NewManager()
+	m.Notify = sdnotify.Take()
 	m.Add(
 		kine,
 		&control.APIServer{

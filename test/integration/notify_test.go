@@ -9,7 +9,8 @@ import (
 )
 
 // TestSystemdNotify: under a Type=notify unit systemd waits for READY=1;
-// berth sends it once the server serves (its /readyz answers), and
+// berth sends it once the server serves (its /readyz answers) — not the
+// embedded apiserver, which would say so before the controllers run — and
 // STOPPING=1 on SIGTERM. The test plays systemd's notify socket.
 func TestSystemdNotify(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "notify.sock")
