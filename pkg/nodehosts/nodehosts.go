@@ -158,6 +158,10 @@ func run(ctx context.Context, cs kubernetes.Interface) error {
 			return nil
 		}
 		if err := s.sync(ctx); err != nil {
+			if ctx.Err() != nil {
+				q.Done(k)
+				return nil // a write cut short by the stop is not an error
+			}
 			klog.Errorf("nodehosts: %v (retrying)", err)
 			q.AddRateLimited(k)
 		} else {
