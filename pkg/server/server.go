@@ -25,6 +25,7 @@ import (
 	"github.com/berth-io/berth/pkg/kubeconfig"
 	"github.com/berth-io/berth/pkg/lock"
 	"github.com/berth-io/berth/pkg/memory"
+	"github.com/berth-io/berth/pkg/nodehosts"
 	"github.com/berth-io/berth/pkg/pki"
 	"github.com/berth-io/berth/pkg/sdnotify"
 	"github.com/berth-io/berth/pkg/supervisor"
@@ -311,6 +312,9 @@ func (s *Server) buildComponents() error {
 			Port:       int32(cfg.HTTPSListenPort),
 		},
 		&deploy.Controller{Dir: cfg.ManifestsDir(), Kubeconfig: admin},
+		// Runs whether or not CoreDNS is packaged: a user's own coredns
+		// ConfigMap gets the node entries too (as in k3s).
+		&nodehosts.Controller{Client: client},
 		&control.ControllerManager{Args: cmArgs},
 		&control.Scheduler{Args: schedArgs},
 	)
