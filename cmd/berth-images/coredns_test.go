@@ -61,7 +61,7 @@ func TestCorednsMainKeepsUpstreamOrder(t *testing.T) {
 	}
 	for _, imp := range []string{
 		`_ "github.com/coredns/coredns/plugin/metrics"`, // prometheus's package
-		`_ "github.com/coredns/caddy/onevent"`,         // an external plugin
+		`_ "github.com/coredns/caddy/onevent"`,          // an external plugin
 		`"github.com/coredns/coredns/coremain"`,
 	} {
 		if !strings.Contains(s, imp) {
