@@ -53,8 +53,10 @@ FORCE:
 deps:
 	@if command -v apt-get >/dev/null; then \
 	  need=""; for p in gcc libc6-dev pkg-config libseccomp-dev iptables iproute2 procps conntrack ipset kmod shellcheck systemd curl; do \
-	    dpkg -s $$p >/dev/null 2>&1 || need="$$need $$p"; done; \
-	  if [ -n "$$need" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need; fi; \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || need="$$need $$p"; done; \
+	  if [ -n "$$need" ]; then \
+	    apt-get update -qq || echo "make deps: apt-get update failed for some index; trying with what it has" >&2; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need; fi; \
 	else echo "make deps: no apt-get; install gcc, iptables, iproute2, conntrack, ipset, kmod yourself" >&2; fi
 
 vet:
