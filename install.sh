@@ -279,12 +279,13 @@ pids_of() { # processes whose executable or command line mentions $1
 		if tr '\0' ' ' <"${p}/cmdline" 2>/dev/null | grep -q -- "$1"; then echo "${pid}"; fi
 	done
 }
-killtree() { # $@: pids; their children first
+killtree() { # $@: pids, then their descendants (the parent first, so it cannot respawn them)
 	for pid in "$@"; do
 		children=$(grep -l "^PPid:[[:space:]]*${pid}\$" /proc/[0-9]*/status 2>/dev/null | sed 's|/proc/\([0-9]*\)/status|\1|')
-		# shellcheck disable=SC2086
-		[ -n "${children}" ] && killtree ${children}
 		kill -9 "${pid}" 2>/dev/null
+		# A subshell: sh has no local variables, and the recursion reuses pid.
+		# shellcheck disable=SC2086
+		[ -n "${children}" ] && (killtree ${children})
 	done
 }
 # berth itself, then the shims (pods live under them).
@@ -305,6 +306,8 @@ do_unmount_and_remove /run/berth
 do_unmount_and_remove /var/lib/berth keep
 do_unmount_and_remove /var/lib/kubelet/pods
 do_unmount_and_remove /var/lib/kubelet/plugins
+# The kubelet makes its root dir a mount of its own.
+do_unmount_and_remove /var/lib/kubelet keep
 do_unmount_and_remove /run/netns/cni-
 
 # Pod veths hang off cni0; flannel's VXLAN device and the bridge go too.

@@ -218,7 +218,7 @@ func TestInstallServer(t *testing.T) {
 		"INSTALL_BERTH_ARTIFACT_URL="+rel.url,
 		"INSTALL_BERTH_SKIP_START=true",
 		"INSTALL_BERTH_SYMLINK=force",
-		"INSTALL_BERTH_EXEC=server --disable coredns,local-storage,metrics-server --node-label 'berth.test/label=a b'",
+		"INSTALL_BERTH_EXEC=server --disable coredns,local-storage,metrics-server --node-label 'berth.test/label=quoted'",
 		`BERTH_TOKEN=s3cret"$x`,
 		"HTTPS_PROXY=http://proxy.invalid:3128",
 		"NO_PROXY=127.0.0.0/8,10.0.0.0/8,.svc,.cluster.local,"+hostIP(t),
@@ -285,6 +285,9 @@ func TestInstallServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	args := execStart(t, unitText)
+	if !strings.Contains(strings.Join(args, "\n")+"\n", "\n--node-label\nberth.test/label=quoted\n") {
+		t.Errorf("ExecStart arguments %q: the quoted label is not one argument without its quotes", args)
+	}
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Env = append(testutil.CleanEnv(), parseEnvFile(t, envText)...)
 	logPath := filepath.Join(t.TempDir(), "berth.log")
@@ -333,7 +336,7 @@ func TestInstallServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	node, _ := cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
-	if len(node.Items) != 1 || node.Items[0].Labels["berth.test/label"] != "a b" {
+	if len(node.Items) != 1 || node.Items[0].Labels["berth.test/label"] != "quoted" {
 		t.Errorf("node labels from the unit's quoted argument: %+v", node.Items)
 	}
 
@@ -486,7 +489,7 @@ func waitNode(t *testing.T, kubeconfig string, done <-chan struct{}) kubernetes.
 	err := waitFor(3*time.Minute, func() error {
 		select {
 		case <-done:
-			return fmt.Errorf("berth exited")
+			t.Fatal("berth exited before its node was Ready")
 		default:
 		}
 		cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
