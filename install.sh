@@ -308,7 +308,8 @@ do_unmount_and_remove /var/lib/kubelet/pods
 do_unmount_and_remove /var/lib/kubelet/plugins
 # The kubelet makes its root dir a mount of its own.
 do_unmount_and_remove /var/lib/kubelet keep
-do_unmount_and_remove /run/netns/cni-
+do_unmount_and_remove /run/netns/cni- keep
+rm -f /run/netns/cni-* # the pods' netns pins
 
 # Pod veths hang off cni0; flannel's VXLAN device and the bridge go too.
 ip -o link show master cni0 2>/dev/null | awk -F': ' '{print $2}' | sed 's/@.*//' | while read -r veth; do

@@ -211,6 +211,7 @@ func assertNothingInstalled(t *testing.T, l layout) {
 // then uninstall and check that nothing of berth is left.
 func TestInstallServer(t *testing.T) {
 	requireCleanHost(t)
+	pins, _ := filepath.Glob("/run/netns/cni-*")
 	rel := newRelease(t)
 	l := newLayout(t)
 	uninstallAtCleanup(t, l)
@@ -350,13 +351,14 @@ func TestInstallServer(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Error("berth still runs 30 s after berth-uninstall.sh")
 	}
-	assertHostClean(t, l)
+	assertHostClean(t, l, pins)
 }
 
 // TestInstallAirGapped: no HTTP server at all; the binary is copied by
 // hand. Also an agent install's unit and env file.
 func TestInstallAirGapped(t *testing.T) {
 	requireCleanHost(t)
+	pins, _ := filepath.Glob("/run/netns/cni-*")
 	l := newLayout(t)
 	uninstallAtCleanup(t, l)
 	if err := os.MkdirAll(l.bin, 0o755); err != nil {
@@ -389,12 +391,12 @@ func TestInstallAirGapped(t *testing.T) {
 	if code != 0 {
 		t.Errorf("uninstall: exit %d\n%s", code, out)
 	}
-	assertHostClean(t, l)
+	assertHostClean(t, l, pins)
 }
 
 // assertHostClean checks, rather than assumes, that nothing of berth is
 // left: files, processes, mounts, interfaces, iptables chains.
-func assertHostClean(t *testing.T, l layout) {
+func assertHostClean(t *testing.T, l layout, pinsBefore []string) {
 	t.Helper()
 	for _, p := range hostPaths {
 		if _, err := os.Lstat(p); err == nil {
@@ -423,6 +425,9 @@ func assertHostClean(t *testing.T, l layout) {
 		if len(f) > 1 && (strings.Contains(f[1], "/berth") || strings.HasPrefix(f[1], "/var/lib/kubelet") || strings.HasPrefix(f[1], "/run/netns/cni-")) {
 			t.Errorf("mount left: %s", line)
 		}
+	}
+	if pins, _ := filepath.Glob("/run/netns/cni-*"); len(pins) > len(pinsBefore) {
+		t.Errorf("pod netns pins left: %v (before the test: %v)", pins, pinsBefore)
 	}
 	for _, link := range []string{"cni0", "flannel.1"} {
 		if _, err := os.Stat("/sys/class/net/" + link); err == nil {
