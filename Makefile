@@ -23,7 +23,7 @@ GOBUILD := CGO_ENABLED=1 $(GO) build -trimpath -tags "$(TAGS)" -ldflags "$(LDFLA
 
 # Unit tests beside the code (some, as root, start bin/berth or use network
 # namespaces: pkg/flannel).
-UNIT_PKGS := ./pkg/... ./images/...
+UNIT_PKGS := ./pkg/... ./images/... ./cmd/berth-images/...
 # Integration tests start the real server binary.
 INTEGRATION_PKGS := ./test/integration/...
 # End-to-end tests run a real single-node cluster with locally built images;
@@ -52,9 +52,11 @@ FORCE:
 # Host packages berth's tests and nodes need (Debian/Ubuntu).
 deps:
 	@if command -v apt-get >/dev/null; then \
-	  need=""; for p in gcc libc6-dev pkg-config libseccomp-dev iptables iproute2 procps conntrack ipset kmod; do \
-	    dpkg -s $$p >/dev/null 2>&1 || need="$$need $$p"; done; \
-	  if [ -n "$$need" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need; fi; \
+	  need=""; for p in gcc libc6-dev pkg-config libseccomp-dev iptables iproute2 procps conntrack ipset kmod shellcheck systemd curl; do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || need="$$need $$p"; done; \
+	  if [ -n "$$need" ]; then \
+	    apt-get update -qq || echo "make deps: apt-get update failed for some index; trying with what it has" >&2; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need; fi; \
 	else echo "make deps: no apt-get; install gcc, iptables, iproute2, conntrack, ipset, kmod yourself" >&2; fi
 
 vet:

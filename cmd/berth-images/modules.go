@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io/fs"
@@ -26,6 +28,16 @@ type program struct {
 	// xflags are the -X settings upstream's release build passes, so the
 	// program reports its version.
 	xflags func(m module) []string
+	// tags are build tags. grpcnotrace (gRPC's own) drops
+	// golang.org/x/net/trace, whose html/template use of reflection keeps
+	// the linker from dropping unused methods in the whole program; it
+	// only removes gRPC's /debug/requests pages, which none of these serve.
+	tags []string
+	// mainModule, if set, writes into dir a module whose main package is
+	// built instead of pkg (CoreDNS with fewer plugins).
+	mainModule func(b *builder, m module, dir string) error
+	// check, if set, vets the built binary before it is cached.
+	check func(bin string) error
 }
 
 var (
@@ -35,6 +47,10 @@ var (
 		// The release sets only coremain.GitCommit; the proxy does not say
 		// which commit a version is, and the version itself is a constant.
 		xflags: func(module) []string { return nil },
+		// As upstream's Makefile.
+		tags:       []string{"grpcnotrace"},
+		mainModule: (*builder).corednsModule,
+		check:      checkCorednsPlugins,
 	}
 	localPathProvisioner = program{
 		name: "local-path-provisioner", module: "github.com/rancher/local-path-provisioner", version: "v0.0.30",
@@ -50,6 +66,9 @@ var (
 			const v = "k8s.io/client-go/pkg/version."
 			return []string{v + "gitVersion=" + m.Version, v + "buildDate=" + m.Time}
 		},
+		// As Kubernetes builds its own components: 71 → 51 MB, nothing
+		// else links text/template here.
+		tags: []string{"grpcnotrace"},
 	}
 )
 
@@ -58,6 +77,7 @@ type module struct {
 	Path, Version string
 	Time          string // when the proxy first saw the version, RFC 3339
 	Dir           string // its unpacked, read-only source in the module cache
+	Sum, GoModSum string // go.sum hashes of its zip and its go.mod
 	Error         string
 }
 
@@ -85,6 +105,8 @@ func (b *builder) coredns() (v1.Image, error) {
 		cfg.User = "65532:65532"
 		cfg.WorkingDir = "/"
 		cfg.ExposedPorts = []string{"53/tcp", "53/udp"}
+		// Built with fewer plugins than upstream's image: say which.
+		cfg.Labels["io.berth.image.coredns-plugins"] = strings.Join(corednsPlugins, ",")
 	})
 }
 
@@ -144,7 +166,9 @@ func (b *builder) moduleImage(p program, binPath string, tweak func(*build.Entry
 // it also ignores the vendor/modules.txt stub some module zips keep).
 // Dependencies come from the Go module proxy on first use. `go install
 // pkg@version` would do the same but first asks the proxy for the module's
-// version list, which a restricted proxy may refuse.
+// version list, which a restricted proxy may refuse. A program with a
+// mainModule (CoreDNS) is built from a generated main package in a scratch
+// module that carries upstream's go.mod and go.sum, to the same effect.
 //
 // Linking a large program takes seconds even when go's build cache holds
 // every package, so the binary is kept in binCache under a key of
@@ -166,11 +190,27 @@ func (b *builder) goModule(p program) (string, module, error) {
 	// depends on the source and toolchain only.
 	ldflags := strings.Join(append([]string{"-s", "-w", "-buildid="}, x...), " ")
 	args := []string{"build", "-trimpath", "-buildvcs=false", "-ldflags=" + ldflags}
+	if len(p.tags) > 0 {
+		args = append(args, "-tags="+strings.Join(p.tags, ","))
+	}
 	env := []string{"GOWORK=off", "GOFLAGS=-mod=readonly", "CGO_ENABLED=0", "GOOS=linux", "GOARCH=" + b.arch}
 
-	bin := filepath.Join(b.binCache, fmt.Sprintf("%s-%s-%s", p.name, p.version, b.arch))
+	dir, pkg := m.Dir, p.pkg
 	key := fmt.Sprintf("%s@%s\n%s\n%s\n%s %s\n", m.Path, m.Version, p.pkg, goVersion,
 		strings.Join(env, " "), strings.Join(args, " "))
+	if p.mainModule != nil {
+		dir, pkg = filepath.Join(b.work, p.name+"-main"), "."
+		if err := p.mainModule(b, m, dir); err != nil {
+			return "", m, fmt.Errorf("%s: %w", p.name, err)
+		}
+		// The generated module is part of what the binary is made of.
+		sum, err := dirDigest(dir)
+		if err != nil {
+			return "", m, err
+		}
+		key += "main module " + sum + "\n"
+	}
+	bin := filepath.Join(b.binCache, fmt.Sprintf("%s-%s-%s", p.name, p.version, b.arch))
 	if old, err := os.ReadFile(bin + ".key"); err == nil && string(old) == key {
 		if _, err := os.Stat(bin); err == nil {
 			return bin, m, nil
@@ -182,8 +222,8 @@ func (b *builder) goModule(p program) (string, module, error) {
 	}
 	tmp := filepath.Join(b.work, p.name)
 	fmt.Fprintf(os.Stderr, "berth-images: building %s from %s@%s\n", p.name, m.Path, m.Version)
-	cmd := exec.Command(b.goBin, append(args, "-o", tmp, p.pkg)...)
-	cmd.Dir = m.Dir
+	cmd := exec.Command(b.goBin, append(args, "-o", tmp, pkg)...)
+	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
@@ -191,6 +231,11 @@ func (b *builder) goModule(p program) (string, module, error) {
 	}
 	if err := checkStatic(tmp); err != nil {
 		return "", m, err
+	}
+	if p.check != nil {
+		if err := p.check(tmp); err != nil {
+			return "", m, err
+		}
 	}
 	// The key goes last: a binary without its key is rebuilt, never trusted.
 	os.Remove(bin + ".key")
@@ -243,4 +288,26 @@ func (b *builder) goVer() (string, error) {
 		b.goVersion = v
 	}
 	return b.goVersion, nil
+}
+
+// dirDigest is the sha256 of the regular files directly in dir, names and
+// contents, in name order.
+func dirDigest(dir string) (string, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return "", err
+	}
+	h := sha256.New()
+	for _, e := range entries {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			return "", err
+		}
+		fmt.Fprintf(h, "%s %d\n", e.Name(), len(data))
+		h.Write(data)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }

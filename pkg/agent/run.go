@@ -20,6 +20,7 @@ import (
 	"github.com/berth-io/berth/pkg/loadbalancer"
 	"github.com/berth-io/berth/pkg/lock"
 	"github.com/berth-io/berth/pkg/memory"
+	"github.com/berth-io/berth/pkg/sdnotify"
 	"github.com/berth-io/berth/pkg/token"
 	"github.com/berth-io/berth/pkg/tunnel"
 )
@@ -155,6 +156,7 @@ func Run(ctx context.Context, o *JoinOptions) error {
 		return err
 	}
 	m := component.NewManager()
+	m.Notify = sdnotify.Take()
 	m.Add(lb)
 	for _, c := range node {
 		m.Add(c)

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"k8s.io/klog/v2"
+
+	"github.com/berth-io/berth/pkg/sdnotify"
 )
 
 // Component is one embedded part of berth (datastore, apiserver, kubelet, …).
@@ -41,6 +43,9 @@ type Manager struct {
 	started    []Component
 	// ReadyTimeout bounds each component's Ready wait.
 	ReadyTimeout time.Duration
+	// Notify is told READY=1 when Serve begins and STOPPING=1 when it ends
+	// (sdnotify.Take, before any component starts).
+	Notify sdnotify.Socket
 
 	mu     sync.Mutex
 	failed chan error
@@ -145,6 +150,11 @@ func (m *Manager) Stop(timeout time.Duration) error {
 // error), then stops every component. A component that does not stop
 // within stopTimeout is abandoned: the process is about to exit.
 func (m *Manager) Serve(ctx context.Context, what string, stopTimeout time.Duration) error {
+	// Under systemd (Type=notify) the unit becomes active only now, so
+	// `systemctl start` returns when the node really runs.
+	if err := m.Notify.Send("READY=1"); err != nil {
+		klog.Warning(err)
+	}
 	var runErr error
 	select {
 	case <-ctx.Done():
@@ -152,6 +162,7 @@ func (m *Manager) Serve(ctx context.Context, what string, stopTimeout time.Durat
 	case runErr = <-m.Failed():
 		klog.Errorf("%v; stopping %s", runErr, what)
 	}
+	_ = m.Notify.Send("STOPPING=1")
 	if err := m.Stop(stopTimeout); err != nil {
 		klog.Warningf("while stopping: %v", err)
 	}

@@ -210,3 +210,4 @@ func rotate(path string) error {
 	}
 	return os.Rename(path, path+".1")
 }
+

@@ -25,7 +25,9 @@ import (
 	"github.com/berth-io/berth/pkg/kubeconfig"
 	"github.com/berth-io/berth/pkg/lock"
 	"github.com/berth-io/berth/pkg/memory"
+	"github.com/berth-io/berth/pkg/nodehosts"
 	"github.com/berth-io/berth/pkg/pki"
+	"github.com/berth-io/berth/pkg/sdnotify"
 	"github.com/berth-io/berth/pkg/supervisor"
 	"github.com/berth-io/berth/pkg/token"
 	"github.com/berth-io/berth/pkg/tunnel"
@@ -281,6 +283,7 @@ func (s *Server) buildComponents() error {
 	handlers[join.ConnectPath] = tun.Handler()
 
 	m := component.NewManager()
+	m.Notify = sdnotify.Take()
 	m.Add(
 		kine,
 		&control.APIServer{
@@ -309,6 +312,9 @@ func (s *Server) buildComponents() error {
 			Port:       int32(cfg.HTTPSListenPort),
 		},
 		&deploy.Controller{Dir: cfg.ManifestsDir(), Kubeconfig: admin},
+		// Runs whether or not CoreDNS is packaged: a user's own coredns
+		// ConfigMap gets the node entries too (as in k3s).
+		&nodehosts.Controller{Client: client},
 		&control.ControllerManager{Args: cmArgs},
 		&control.Scheduler{Args: schedArgs},
 	)

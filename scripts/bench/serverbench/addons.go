@@ -2,15 +2,18 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 )
@@ -19,7 +22,8 @@ var airgap = flag.String("airgap", "dist/artifacts/berth-airgap-images-amd64.tar
 
 // benchAddons measures server start → CoreDNS available with the add-ons
 // from the air-gap bundle (new data dir each run, in a network namespace),
-// the bundle's size, and the add-on pods' memory after a minute idle.
+// the bundle's size, and, after the add-ons are available and a minute
+// idle, the add-on pods' memory and the whole node's.
 func benchAddons(root string) error {
 	fi, err := os.Stat(*airgap)
 	if err != nil {
@@ -69,21 +73,13 @@ func benchAddons(root string) error {
 		}
 		defer n.down() //nolint:errcheck
 		fmt.Printf("server start → CoreDNS available, new data dir: median %.2f s  (runs: %s)  target ≤ 25 s\n", median(times).Seconds(), fmtDurs(times))
-		time.Sleep(*idle)
-		var total, totalWS int
-		for _, p := range addonProcesses("/bb-" + n.name) {
-			m, err := smaps(p.pid)
-			if err != nil {
-				continue
-			}
-			ws := workingSetKiB(p.pid)
-			total += m["Rss"]
-			totalWS += ws
-			fmt.Printf("  %-26s pid %-7d RSS %6.1f MiB  PSS %6.1f MiB  container working set %6.1f MiB\n",
-				p.name, p.pid, float64(m["Rss"])/1024, float64(m["Pss"])/1024, float64(ws)/1024)
+		if err := waitAddonsAvailable(cs); err != nil {
+			return err
 		}
-		fmt.Printf("add-on pods after %s idle: RSS %.0f MiB (%.0f MB) together; working set (what kubectl top shows) %.0f MiB  target ≤ 100 MB\n",
-			idle.String(), float64(total)/1024, float64(total)*1024/1e6, float64(totalWS)/1024)
+		time.Sleep(*idle)
+		if err := reportAddonMemory(cs, n); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -96,30 +92,6 @@ func waitCoreDNS(cs kubernetes.Interface, t0 time.Time) (time.Duration, error) {
 		}
 	}
 	return 0, fmt.Errorf("CoreDNS not available within 3 minutes")
-}
-
-// addonProcesses finds the add-ons' container processes under the node's
-// kubelet cgroup root (pause containers excluded).
-func addonProcesses(cgroupRoot string) []procInfo {
-	var out []procInfo
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		cg, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
-		if err != nil || !strings.Contains(string(cg), ":"+cgroupRoot+"/kubepods") {
-			continue
-		}
-		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
-		name := strings.TrimSpace(string(comm))
-		if name == "pause" {
-			continue
-		}
-		out = append(out, procInfo{pid, name})
-	}
-	return out
 }
 
 // workingSetKiB is the container's memory working set as the kubelet
@@ -147,4 +119,211 @@ func workingSetKiB(pid int) int {
 		return max(u, 0) / 1024
 	}
 	return 0
+}
+
+// addonDeployments are the packaged add-ons berth deploys into kube-system.
+var addonDeployments = []string{"coredns", "local-path-provisioner", "metrics-server"}
+
+// waitAddonsAvailable waits until every add-on has an available replica, so
+// the idle time that follows is the same for all of them.
+func waitAddonsAvailable(cs kubernetes.Interface) error {
+	for _, name := range addonDeployments {
+		for deadline := time.Now().Add(3 * time.Minute); ; time.Sleep(200 * time.Millisecond) {
+			d, err := cs.AppsV1().Deployments("kube-system").Get(context.Background(), name, metav1.GetOptions{})
+			if err == nil && d.Status.AvailableReplicas > 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("add-on %s not available within 3 minutes", name)
+			}
+		}
+	}
+	return nil
+}
+
+// podProc is a process in one of the node's pods.
+type podProc struct {
+	procInfo
+	podUID string // from the pod's cgroup name
+}
+
+// podProcesses finds the processes of every pod under the node's kubelet
+// cgroup root, pause containers included; a process belongs to the pod
+// whose pod<UID> cgroup holds it (cgroupfs layout:
+// <root>/kubepods[/<qos>]/pod<UID>/<container>).
+func podProcesses(cgroupRoot string) []podProc {
+	var out []podProc
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cg, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+		if err != nil {
+			continue
+		}
+		var uid string
+		for _, line := range strings.Split(string(cg), "\n") {
+			f := strings.SplitN(line, ":", 3)
+			if len(f) != 3 || !strings.HasPrefix(f[2], cgroupRoot+"/kubepods/") {
+				continue
+			}
+			for _, seg := range strings.Split(f[2], "/") {
+				if u, ok := strings.CutPrefix(seg, "pod"); ok {
+					uid = u
+				}
+			}
+		}
+		if uid == "" {
+			continue
+		}
+		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		out = append(out, podProc{procInfo{pid, strings.TrimSpace(string(comm))}, uid})
+	}
+	return out
+}
+
+// memUse is what the bench reports of a set of processes, in KiB.
+type memUse struct{ rss, pss, pssAnon, pssFile, ws int }
+
+func (m *memUse) add(o memUse) {
+	m.rss += o.rss
+	m.pss += o.pss
+	m.pssAnon += o.pssAnon
+	m.pssFile += o.pssFile
+	m.ws += o.ws
+}
+
+func procMem(pid int) (memUse, error) {
+	m, err := smaps(pid)
+	if err != nil {
+		return memUse{}, err
+	}
+	return memUse{rss: m["Rss"], pss: m["Pss"], pssAnon: m["Pss_Anon"], pssFile: m["Pss_File"]}, nil
+}
+
+func inMiB(kib int) float64 { return float64(kib) / 1024 }
+func inMB(kib int) float64  { return float64(kib) * 1024 / 1e6 }
+
+// reportAddonMemory prints the add-on pods' memory (RSS, PSS, cgroup working
+// set as kubectl top computes it, and kubectl top itself), then the whole
+// node's: berth, containerd, shims and every pod process.
+func reportAddonMemory(cs kubernetes.Interface, n *netnsNode) error {
+	ctx := context.Background()
+	pods, err := cs.CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("listing kube-system pods: %w", err)
+	}
+	podName := map[string]string{} // UID → name
+	for _, p := range pods.Items {
+		podName[string(p.UID)] = p.Name
+	}
+	top, topErr := kubectlTop(cs)
+
+	procs := podProcesses("/bb-" + n.name)
+	byPod := map[string]*memUse{}
+	var addons, pause memUse
+	var pauseN int
+	for _, p := range procs {
+		m, err := procMem(p.pid)
+		if err != nil {
+			continue // exited
+		}
+		if p.name == "pause" {
+			pause.add(m)
+			pauseN++
+			continue
+		}
+		// Per container: the cgroup of each process is its container's.
+		m.ws = workingSetKiB(p.pid)
+		name := podName[p.podUID]
+		if name == "" {
+			name = "pod " + p.podUID
+		}
+		if byPod[name] == nil {
+			byPod[name] = &memUse{}
+		}
+		byPod[name].add(m)
+		addons.add(m)
+	}
+	names := make([]string, 0, len(byPod))
+	for name := range byPod {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	fmt.Printf("add-on pods after %s idle (containers' processes, pause excluded; working set = memory cgroup usage − inactive file, as the kubelet reports it):\n", idle.String())
+	for _, name := range names {
+		m := byPod[name]
+		t := "  kubectl top n/a"
+		if v, ok := top[name]; ok {
+			t = fmt.Sprintf("  kubectl top %5.1f MiB", inMiB(v))
+		}
+		fmt.Printf("  %-46s RSS %5.1f MiB  PSS %5.1f MiB (anon %5.1f, file %5.1f)  working set %5.1f MiB%s\n",
+			name, inMiB(m.rss), inMiB(m.pss), inMiB(m.pssAnon), inMiB(m.pssFile), inMiB(m.ws), t)
+	}
+	if topErr != nil {
+		fmt.Printf("  (kubectl top: %v)\n", topErr)
+	}
+	fmt.Printf("add-on pods together: RSS %.1f MiB (%.0f MB), PSS %.1f MiB (%.0f MB; anon %.1f MiB, file %.1f MiB), working set %.1f MiB (%.0f MB)  target ≤ 100 MB\n",
+		inMiB(addons.rss), inMB(addons.rss), inMiB(addons.pss), inMB(addons.pss), inMiB(addons.pssAnon), inMiB(addons.pssFile), inMiB(addons.ws), inMB(addons.ws))
+
+	// The whole node: berth (control plane, kubelet, kube-proxy, flannel in
+	// one process), containerd and the shims (found by their data-dir
+	// paths), and every process in the node's pods.
+	var node, shims memUse
+	var shimN int
+	fmt.Printf("node after %s idle with the add-ons running:\n", idle.String())
+	for _, p := range nodeProcesses(n.pid(), n.dataDir()) {
+		m, err := procMem(p.pid)
+		if err != nil {
+			continue
+		}
+		node.add(m)
+		if strings.HasPrefix(p.name, "containerd-shim") {
+			shims.add(m)
+			shimN++
+			continue
+		}
+		fmt.Printf("  %-26s RSS %6.1f MiB  PSS %6.1f MiB\n", p.name, inMiB(m.rss), inMiB(m.pss))
+	}
+	fmt.Printf("  %-26s RSS %6.1f MiB  PSS %6.1f MiB\n", fmt.Sprintf("shims (%d)", shimN), inMiB(shims.rss), inMiB(shims.pss))
+	fmt.Printf("  %-26s RSS %6.1f MiB  PSS %6.1f MiB\n", fmt.Sprintf("pause (%d)", pauseN), inMiB(pause.rss), inMiB(pause.pss))
+	fmt.Printf("  %-26s RSS %6.1f MiB  PSS %6.1f MiB\n", "add-on containers", inMiB(addons.rss), inMiB(addons.pss))
+	node.add(pause)
+	node.add(addons)
+	fmt.Printf("node total (berth + containerd + shims + pods): RSS %.0f MiB (%.0f MB), PSS %.0f MiB (%.0f MB)\n",
+		inMiB(node.rss), inMB(node.rss), inMiB(node.pss), inMB(node.pss))
+	return nil
+}
+
+// kubectlTop returns the memory metrics-server reports for kube-system's
+// pods (what `kubectl top pods` shows), in KiB by pod name.
+func kubectlTop(cs kubernetes.Interface) (map[string]int, error) {
+	raw, err := cs.Discovery().RESTClient().Get().AbsPath("/apis/metrics.k8s.io/v1beta1/namespaces/kube-system/pods").DoRaw(context.Background())
+	if err != nil {
+		return nil, fmt.Errorf("metrics API: %w", err)
+	}
+	var list struct {
+		Items []struct {
+			Metadata   struct{ Name string }
+			Containers []struct {
+				Usage map[string]string
+			}
+		}
+	}
+	if err := json.Unmarshal(raw, &list); err != nil {
+		return nil, fmt.Errorf("metrics API: %w", err)
+	}
+	out := map[string]int{}
+	for _, it := range list.Items {
+		for _, c := range it.Containers {
+			q, err := resource.ParseQuantity(c.Usage["memory"])
+			if err != nil {
+				return nil, fmt.Errorf("metrics API: pod %s: %w", it.Metadata.Name, err)
+			}
+			out[it.Metadata.Name] += int(q.Value() / 1024)
+		}
+	}
+	return out, nil
 }

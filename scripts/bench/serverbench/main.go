@@ -37,7 +37,7 @@ var (
 	idle      = flag.Duration("idle", 60*time.Second, "idle time before reading memory")
 	creates   = flag.Int("creates", 1000, "ConfigMaps per throughput run")
 	workers   = flag.String("workers", "1,16", "concurrent writers per throughput run")
-	only      = flag.String("only", "", "comma list of sections: start,memory,size,writes")
+	only      = flag.String("only", "", "comma list of sections: size,start,memory,writes,node,pods,agent,addons")
 	basePort  = flag.Int("port", 26443, "first of four ports to use")
 	keepFiles = flag.Bool("keep", false, "keep the temporary data dirs")
 )

@@ -75,6 +75,18 @@ func TestAddons(t *testing.T) {
 		if !strings.Contains(out, svc.Spec.ClusterIP) {
 			t.Errorf("named.%s: %s", ns, out)
 		}
+		// Node names, from the NodeHosts entries berth keeps in CoreDNS's
+		// ConfigMap: the server's (another node) and the agent's own. The
+		// names end in a dot because busybox's nslookup asks only the
+		// search-list names for a bare one (pods' libc resolvers try the
+		// bare name last), and the image's other applets resolve through
+		// a static glibc without NSS modules.
+		for _, n := range []*Node{srv, agent} {
+			out := kubectlUntil(t, kc, n.IP, "exec", "-n", ns, "dns", "--", "nslookup", n.Name+".")
+			if !strings.Contains(out, "Address: "+n.IP) {
+				t.Errorf("node %s: %s", n.Name, out)
+			}
+		}
 	})
 
 	t.Run("a local-path volume outlives its pod", func(t *testing.T) {
