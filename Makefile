@@ -72,10 +72,12 @@ integration: build
 # BERTH_IMAGES: the image tarballs `make images` built, imported by the
 # tests through the air-gap directory; BERTH_AIRGAP: the add-ons' bundle. -p 1: one package at a time (the
 # single-node suite's cleanup fails on any berth process left on the host,
-# the multi-node one's included).
-e2e: build airgap
+# the multi-node one's included). BERTH_RELEASE_DIR: this architecture's
+# release (mk/release.mk), which test/e2e/install installs as users do.
+e2e: build airgap release-$(ARCH)
 	BERTH_BIN=$(CURDIR)/$(BIN)/berth BERTH_IMAGES=$(CURDIR)/dist/images \
 	  BERTH_AIRGAP=$(CURDIR)/$(AIRGAP_DIR)/berth-airgap-images-$(ARCH).tar.zst \
+	  BERTH_RELEASE_DIR=$(CURDIR)/$(RELEASE_OUT) \
 	  $(GO) test -count=1 -p 1 -timeout 30m -tags "$(TAGS)" -v $(E2E_PKGS)
 
 test: unit integration e2e

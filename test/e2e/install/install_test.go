@@ -32,9 +32,16 @@ import (
 )
 
 var (
-	root      string
-	artifacts testutil.Artifacts
+	root string
+	// rel is the release directory under test: `make release-<arch>`'s
+	// dist/artifacts (BERTH_RELEASE_DIR), as users download it.
+	rel releaseDir
 )
+
+// releaseDir is the host architecture's files of a release directory.
+type releaseDir struct {
+	dir, berth, agent, sums, airgap string
+}
 
 func TestMain(m *testing.M) {
 	if os.Geteuid() != 0 {
@@ -42,13 +49,41 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	}
 	root, _ = filepath.Abs("../../..")
-	a, err := testutil.Build(root)
+	r, err := findRelease(root)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	artifacts = a
+	rel = r
 	os.Exit(m.Run())
+}
+
+// findRelease returns BERTH_RELEASE_DIR, or builds this architecture's
+// release (`make release-<arch>`) and returns dist/artifacts.
+func findRelease(root string) (releaseDir, error) {
+	dir := os.Getenv("BERTH_RELEASE_DIR")
+	if dir == "" {
+		cmd := exec.Command("make", "-C", root, "release-"+runtime.GOARCH)
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			return releaseDir{}, fmt.Errorf("make release-%s: %w", runtime.GOARCH, err)
+		}
+		dir = filepath.Join(root, "dist", "artifacts")
+	}
+	suffix := map[string]string{"amd64": "", "arm64": "-arm64", "arm": "-armhf"}[runtime.GOARCH]
+	r := releaseDir{
+		dir:    dir,
+		berth:  filepath.Join(dir, "berth"+suffix),
+		agent:  filepath.Join(dir, "berth-agent"+suffix),
+		sums:   filepath.Join(dir, "sha256sum-"+runtime.GOARCH+".txt"),
+		airgap: filepath.Join(dir, "berth-airgap-images-"+runtime.GOARCH+".tar.zst"),
+	}
+	for _, f := range []string{r.berth, r.agent, r.sums, r.airgap} {
+		if _, err := os.Stat(f); err != nil {
+			return r, fmt.Errorf("release directory %s: %w (run make release-%s)", dir, err, runtime.GOARCH)
+		}
+	}
+	return r, nil
 }
 
 // The paths berth owns on a host; uninstall must leave none of them.
@@ -66,8 +101,8 @@ func requireCleanHost(t *testing.T) {
 	}
 }
 
-// release is an artifacts directory as `make release` lays it out, built
-// from the binaries under test, and a loopback server for it.
+// release is a loopback HTTP server for a copy of the release directory
+// (links to its files: a test may replace one with a corrupt copy).
 type release struct {
 	dir string
 	url string
@@ -76,15 +111,10 @@ type release struct {
 func newRelease(t *testing.T) *release {
 	t.Helper()
 	r := &release{dir: t.TempDir()}
-	var sums strings.Builder
-	for name, src := range map[string]string{"berth": artifacts.Berth, "berth-agent": artifacts.BerthAgent} {
-		if err := testutil.CopyFile(src, filepath.Join(r.dir, name)); err != nil {
+	for _, f := range []string{rel.berth, rel.agent, rel.sums, rel.airgap} {
+		if err := os.Symlink(f, filepath.Join(r.dir, filepath.Base(f))); err != nil {
 			t.Fatal(err)
 		}
-		fmt.Fprintf(&sums, "%s  %s\n", fileSHA(t, filepath.Join(r.dir, name)), name)
-	}
-	if err := os.WriteFile(filepath.Join(r.dir, "sha256sum-"+runtime.GOARCH+".txt"), []byte(sums.String()), 0o644); err != nil {
-		t.Fatal(err)
 	}
 	srv := httptest.NewServer(http.FileServer(http.Dir(r.dir)))
 	t.Cleanup(srv.Close)
@@ -149,7 +179,7 @@ func uninstallAtCleanup(t *testing.T, l layout) {
 }
 
 func TestInstallRefusesBadInput(t *testing.T) {
-	rel := newRelease(t)
+	srv := newRelease(t)
 	l := newLayout(t)
 	for _, tc := range []struct {
 		name string
@@ -162,7 +192,7 @@ func TestInstallRefusesBadInput(t *testing.T) {
 		{"air gap without the binary", []string{"INSTALL_BERTH_SKIP_DOWNLOAD=true"}, "is missing or not executable"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			code, out := installer(t, l.env(append(tc.env, "INSTALL_BERTH_ARTIFACT_URL="+rel.url)...))
+			code, out := installer(t, l.env(append(tc.env, "INSTALL_BERTH_ARTIFACT_URL="+srv.url)...))
 			if code == 0 || !strings.Contains(out, tc.want) {
 				t.Errorf("exit %d, want an error containing %q:\n%s", code, tc.want, out)
 			}
@@ -171,12 +201,15 @@ func TestInstallRefusesBadInput(t *testing.T) {
 	}
 
 	t.Run("corrupt or truncated download", func(t *testing.T) {
-		bin := filepath.Join(rel.dir, "berth")
+		bin := filepath.Join(srv.dir, filepath.Base(rel.berth))
 		good, err := os.ReadFile(bin)
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer os.WriteFile(bin, good, 0o755)
+		if err := os.Remove(bin); err != nil { // the link, not the release's file
+			t.Fatal(err)
+		}
+		defer os.Symlink(rel.berth, bin)
 		for name, bad := range map[string][]byte{
 			"truncated": good[:len(good)/2],
 			"flipped":   append(append([]byte{}, good[:1000]...), append([]byte{good[1000] ^ 0xff}, good[1001:]...)...),
@@ -184,7 +217,7 @@ func TestInstallRefusesBadInput(t *testing.T) {
 			if err := os.WriteFile(bin, bad, 0o755); err != nil {
 				t.Fatal(err)
 			}
-			code, out := installer(t, l.env("INSTALL_BERTH_ARTIFACT_URL="+rel.url))
+			code, out := installer(t, l.env("INSTALL_BERTH_ARTIFACT_URL="+srv.url))
 			if code == 0 || !strings.Contains(out, "nothing was installed") || !strings.Contains(out, "sha256") {
 				t.Errorf("%s binary: exit %d:\n%s", name, code, out)
 			}
@@ -212,11 +245,11 @@ func assertNothingInstalled(t *testing.T, l layout) {
 func TestInstallServer(t *testing.T) {
 	requireCleanHost(t)
 	pins, _ := filepath.Glob("/run/netns/cni-*")
-	rel := newRelease(t)
+	srv := newRelease(t)
 	l := newLayout(t)
 	uninstallAtCleanup(t, l)
 	env := l.env(
-		"INSTALL_BERTH_ARTIFACT_URL="+rel.url,
+		"INSTALL_BERTH_ARTIFACT_URL="+srv.url,
 		"INSTALL_BERTH_SKIP_START=true",
 		"INSTALL_BERTH_SYMLINK=force",
 		"INSTALL_BERTH_EXEC=server --disable coredns,local-storage,metrics-server --node-label 'berth.test/label=quoted'",
@@ -233,7 +266,7 @@ func TestInstallServer(t *testing.T) {
 
 	berthPath := filepath.Join(l.bin, "berth")
 	mode(t, berthPath, 0o755)
-	if fileSHA(t, berthPath) != fileSHA(t, artifacts.Berth) {
+	if fileSHA(t, berthPath) != fileSHA(t, rel.berth) {
 		t.Error("installed binary differs from the release")
 	}
 	for _, link := range []string{"kubectl", "crictl", "ctr"} {
@@ -282,7 +315,7 @@ func TestInstallServer(t *testing.T) {
 	if err := os.MkdirAll("/var/lib/berth/agent/images", 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := testutil.CopyFile(artifacts.Airgap, filepath.Join("/var/lib/berth/agent/images", filepath.Base(artifacts.Airgap))); err != nil {
+	if err := testutil.CopyFile(rel.airgap, filepath.Join("/var/lib/berth/agent/images", filepath.Base(rel.airgap))); err != nil {
 		t.Fatal(err)
 	}
 	args := execStart(t, unitText)
@@ -313,6 +346,13 @@ func TestInstallServer(t *testing.T) {
 		}
 	})
 	cs := waitNode(t, "/etc/berth/berth.yaml", done)
+	// The release binary is a launcher: it unpacked berth and its helpers
+	// into the data dir and runs berth from there.
+	for _, f := range []string{"berth", "containerd", "runc"} {
+		if _, err := os.Stat(filepath.Join("/var/lib/berth/data/current/bin", f)); err != nil {
+			t.Errorf("the launcher's unpacked payload: %v", err)
+		}
+	}
 	ctx := context.Background()
 	zero := int64(0)
 	pod := &corev1.Pod{
@@ -364,7 +404,7 @@ func TestInstallAirGapped(t *testing.T) {
 	if err := os.MkdirAll(l.bin, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := testutil.CopyFile(artifacts.Berth, filepath.Join(l.bin, "berth")); err != nil {
+	if err := testutil.CopyFile(rel.berth, filepath.Join(l.bin, "berth")); err != nil {
 		t.Fatal(err)
 	}
 	os.Chmod(filepath.Join(l.bin, "berth"), 0o755)
