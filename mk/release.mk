@@ -41,7 +41,14 @@ RELEASE_OUT ?= dist/artifacts
 # host. (netgo would change the net package and so recompile all of
 # Kubernetes per architecture.)
 RELEASE_TAGS ?= $(TAGS) external_helpers kustomize_disable_go_plugin_support
-RELEASE_LDFLAGS ?= $(LDFLAGS) -linkmode external -extldflags -static
+RELEASE_LDFLAGS ?= $(LDFLAGS) -linkmode external
+# armhf links with gold: Debian 12's BFD ld (binutils 2.40) drops the Thumb
+# bit from the IRELATIVE (ifunc) addresses of a static ARM program whose
+# .text needs long-branch stubs (over 32 MiB, as berth's 74 MiB does), so
+# glibc's start-up jumps into its Thumb ifunc resolvers in ARM mode and the
+# program dies before main (SIGSEGV at any size above the branch range; a
+# small cgo program links fine).
+release_extld = -static$(if $(filter arm,$(1)), -fuse-ld=gold)
 # zstd options for the payload. The window (--long=N: 2^N bytes) is what the
 # launcher's decoder must hold in memory once, at first start; it may not
 # exceed payload.WindowSize, 32 MiB (hack/mkrelease checks).
@@ -113,9 +120,9 @@ release-helpers-$(1):
 release-inner-$(1): release-helpers-$(1)
 	@mkdir -p $(RELEASE_BUILD)/$(1)
 	$(call release_env,$(1)) CGO_ENABLED=1 $(GO) build -trimpath -tags "$(RELEASE_TAGS)" \
-	  -ldflags "$(RELEASE_LDFLAGS)" -o $(RELEASE_BUILD)/$(1)/berth ./cmd/berth
+	  -ldflags "$(RELEASE_LDFLAGS) -extldflags '$$(call release_extld,$(1))'" -o $(RELEASE_BUILD)/$(1)/berth ./cmd/berth
 	$(call release_env,$(1)) CGO_ENABLED=1 $(GO) build -trimpath -tags "$(RELEASE_TAGS)" \
-	  -ldflags "$(RELEASE_LDFLAGS)" -o $(RELEASE_BUILD)/$(1)/berth-agent ./cmd/berth-agent
+	  -ldflags "$(RELEASE_LDFLAGS) -extldflags '$$(call release_extld,$(1))'" -o $(RELEASE_BUILD)/$(1)/berth-agent ./cmd/berth-agent
 	$(call release_env,$(1)) CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" \
 	  -o $(RELEASE_BUILD)/$(1)/berth-launcher ./cmd/berth-launcher
 
