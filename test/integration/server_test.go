@@ -157,7 +157,7 @@ func TestServerLifecycle(t *testing.T) {
 
 	before := snapshot(t, cs)
 	t.Run("SIGTERM stops cleanly", func(t *testing.T) {
-		code, took := s.stop(10 * time.Second)
+		code, took := s.stop(60 * time.Second)
 		if code != 0 {
 			t.Errorf("exit code %d after SIGTERM, want 0", code)
 		}
@@ -198,7 +198,7 @@ func TestServerLifecycle(t *testing.T) {
 		if rv, _ := strconv.ParseInt(cm.ResourceVersion, 10, 64); rv <= before.max {
 			t.Errorf("new object's resourceVersion %d is not above the highest before restart (%d)", rv, before.max)
 		}
-		if code, _ := s.stop(10 * time.Second); code != 0 {
+		if code, _ := s.stop(60 * time.Second); code != 0 {
 			t.Errorf("exit code %d after SIGTERM, want 0", code)
 		}
 	})
