@@ -125,7 +125,11 @@ setup_verify_arch() {
 		ARCH=arm
 		SUFFIX=-armhf
 		;;
-	*) fatal "unsupported architecture '${ARCH}': berth is released for amd64 (x86_64), arm64 (aarch64) and armhf (armv7)" ;;
+	riscv64)
+		# Built by make release-riscv64, without an air-gap bundle.
+		SUFFIX=-riscv64
+		;;
+	*) fatal "unsupported architecture '${ARCH}': berth is released for amd64 (x86_64), arm64 (aarch64), armhf (armv7) and riscv64" ;;
 	esac
 }
 

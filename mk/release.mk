@@ -84,6 +84,9 @@ release_env = GOOS=linux GOARCH=$(1) $(if $(filter arm,$(1)),GOARM=7) CC=$(relea
 # without seccomp (RuntimeDefault profiles cannot be applied), and the other
 # helpers by mk/helpers.mk.
 release_nohelper_runc = $(filter riscv64,$(1))
+# Nor busybox-static for riscv64: no air-gap bundle (images come from a
+# registry or a bundle built elsewhere).
+release_noairgap = $(filter riscv64,$(1))
 release_helper_args_riscv64 = HELPER_FILES="$(addprefix $(RELEASE_BUILD)/riscv64/helpers/bin/,$(filter-out runc,$(RELEASE_HELPER_NAMES)))"
 
 RELEASE_HELPER_NAMES = $(notdir $(HELPER_FILES))
@@ -101,9 +104,9 @@ release-install-sh:
 define release_arch
 .PHONY: release-$(1) release-bin-$(1) release-inner-$(1) release-helpers-$(1) release-airgap-$(1) release-smoke-$(1)
 
-release-$(1): release-bin-$(1) release-airgap-$(1)
+release-$(1): release-bin-$(1) $(if $(call release_noairgap,$(1)),,release-airgap-$(1))
 	cd $(RELEASE_OUT) && sha256sum berth$(release_suffix_$(1)) berth-agent$(release_suffix_$(1)) \
-	  berth-airgap-images-$(1).tar.zst > .sha256sum-$(1).txt && mv -f .sha256sum-$(1).txt sha256sum-$(1).txt
+	  $(if $(call release_noairgap,$(1)),,berth-airgap-images-$(1).tar.zst) > .sha256sum-$(1).txt && mv -f .sha256sum-$(1).txt sha256sum-$(1).txt
 	@cat $(RELEASE_OUT)/sha256sum-$(1).txt
 
 # The helper binaries (mk/helpers.mk) for $(1), in their own directory.
