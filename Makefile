@@ -52,8 +52,8 @@ FORCE:
 # Host packages berth's tests and nodes need (Debian/Ubuntu).
 deps:
 	@if command -v apt-get >/dev/null; then \
-	  need=""; for p in gcc libc6-dev pkg-config libseccomp-dev iptables iproute2 procps conntrack ipset kmod shellcheck systemd curl; do \
-	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || need="$$need $$p"; done; \
+	  arch=$$(dpkg --print-architecture); need=""; for p in gcc libc6-dev pkg-config libseccomp-dev iptables iproute2 procps conntrack ipset kmod shellcheck systemd curl postgresql mariadb-server; do \
+	    dpkg-query -W -f='$${Status} $${Architecture}\n' $$p 2>/dev/null | grep -Eq "install ok installed ($$arch|all)$$" || need="$$need $$p"; done; \
 	  if [ -n "$$need" ]; then \
 	    apt-get update -qq || echo "make deps: apt-get update failed for some index; trying with what it has" >&2; \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need; fi; \
