@@ -17,7 +17,10 @@ import (
 
 	"github.com/k3s-io/kine/pkg/drivers/generic"
 	"github.com/k3s-io/kine/pkg/endpoint"
+	kinetls "github.com/k3s-io/kine/pkg/tls"
 	sqlite3 "github.com/mattn/go-sqlite3"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 )
 
 // SQLite synchronous modes berth supports. FULL is the default: with WAL,
@@ -35,6 +38,9 @@ type Kine struct {
 	Endpoint string
 	// Sync is the SQLite synchronous mode for the default database.
 	Sync string
+	// CAFile, CertFile and KeyFile are --datastore-cafile/-certfile/
+	// -keyfile: TLS to the external database or etcd.
+	CAFile, CertFile, KeyFile string
 
 	cancel  context.CancelFunc
 	wg      *sync.WaitGroup
@@ -49,8 +55,61 @@ func (k *Kine) SocketPath() string { return filepath.Join(k.Dir, "kine.sock") }
 // DBPath is the default SQLite database file.
 func (k *Kine) DBPath() string { return filepath.Join(k.Dir, "db", "state.db") }
 
-// EtcdServers is the value for the apiserver's --etcd-servers.
-func (k *Kine) EtcdServers() string { return "unix://" + k.SocketPath() }
+// EtcdServers is the value for the apiserver's --etcd-servers: kine's
+// socket, or for an etcd endpoint (kine passes those through) the etcd
+// URLs themselves.
+func (k *Kine) EtcdServers() string {
+	if k.IsEtcd() {
+		return k.Endpoint
+	}
+	return "unix://" + k.SocketPath()
+}
+
+// IsEtcd tells whether the endpoint is an external etcd (http:// or
+// https://, comma-separated), which kine does not proxy.
+func (k *Kine) IsEtcd() bool {
+	return strings.HasPrefix(k.Endpoint, "https://") || strings.HasPrefix(k.Endpoint, "http://")
+}
+
+// APIServerArgs are the apiserver's storage flags for this datastore.
+func (k *Kine) APIServerArgs() map[string]string {
+	args := map[string]string{"etcd-servers": k.EtcdServers()}
+	if k.IsEtcd() {
+		for flag, v := range map[string]string{"etcd-cafile": k.CAFile, "etcd-certfile": k.CertFile, "etcd-keyfile": k.KeyFile} {
+			if v != "" {
+				args[flag] = v
+			}
+		}
+	}
+	return args
+}
+
+// Client returns an etcd v3 client of the datastore (kine's socket, or the
+// external etcd), for berth's own keys such as the bootstrap data. The
+// datastore must have started.
+func (k *Kine) Client() (*clientv3.Client, error) {
+	cfg := clientv3.Config{
+		Endpoints:   strings.Split(k.EtcdServers(), ","),
+		DialTimeout: 10 * time.Second,
+		Logger:      zap.NewNop(),
+	}
+	if k.IsEtcd() && (k.CAFile != "" || k.CertFile != "" || k.KeyFile != "") {
+		tc, err := k.backendTLS().ClientConfig()
+		if err != nil {
+			return nil, fmt.Errorf("datastore TLS: %w", err)
+		}
+		cfg.TLS = tc
+	}
+	c, err := clientv3.New(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect to the datastore %s: %w", Redact(k.EtcdServers()), err)
+	}
+	return c, nil
+}
+
+func (k *Kine) backendTLS() kinetls.Config {
+	return kinetls.Config{CAFile: k.CAFile, CertFile: k.CertFile, KeyFile: k.KeyFile}
+}
 
 // IsSQLite tells whether the datastore is an SQLite file kine opens itself;
 // only then is leader election pointless (one server, one writer).
@@ -91,13 +150,16 @@ func (k *Kine) sqlitePath() string {
 	return ""
 }
 
-func (k *Kine) Prepare(context.Context) error {
+func (k *Kine) Prepare(ctx context.Context) error {
 	if _, err := k.endpoint(); err != nil {
 		return err
 	}
+	if k.cancel != nil {
+		return nil // started early (bootstrap data)
+	}
 	path := k.sqlitePath()
 	if path == "" {
-		return nil
+		return k.checkDatabase(ctx)
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("create database directory: %w", err)
@@ -168,7 +230,13 @@ func (e *CorruptError) Error() string {
 		"Restore it from a backup, or move it (with any -wal and -shm files) aside to start an empty cluster", e.Path, e.Reason)
 }
 
+// Start starts kine. It may be called early (a server loads its bootstrap
+// data from an external datastore before its PKI exists); the manager's
+// later Start is then a no-op.
 func (k *Kine) Start(context.Context) error {
+	if k.cancel != nil {
+		return nil
+	}
 	ep, err := k.endpoint()
 	if err != nil {
 		return err
@@ -181,9 +249,10 @@ func (k *Kine) Start(context.Context) error {
 	k.cancel = cancel
 	k.wg = &sync.WaitGroup{}
 	cfg := endpoint.Config{
-		Listener:  "unix://" + k.SocketPath(),
-		Endpoint:  ep,
-		WaitGroup: k.wg,
+		Listener:         "unix://" + k.SocketPath(),
+		Endpoint:         ep,
+		WaitGroup:        k.wg,
+		BackendTLSConfig: k.backendTLS(),
 		// kine's own command-line defaults (its Config zero values are
 		// not usable). The apiserver drives compaction, as with etcd.
 		ConnectionPoolConfig: generic.ConnectionPoolConfig{MaxIdle: 20, MaxIdleTime: 2 * time.Minute},
@@ -199,7 +268,7 @@ func (k *Kine) Start(context.Context) error {
 	etcd, err := endpoint.Listen(ctx, cfg)
 	if err != nil {
 		cancel()
-		return fmt.Errorf("start kine on %s: %w", redact(ep), err)
+		return fmt.Errorf("start kine on %s: %w", Redact(ep), scrub(err, ep))
 	}
 	if len(etcd.Endpoints) > 0 {
 		k.etcdURL = etcd.Endpoints[0]
@@ -225,16 +294,50 @@ func (k *Kine) Stop(ctx context.Context) error {
 	}
 }
 
-// redact hides a password in a datastore URL, so errors can be shown.
-func redact(ep string) string {
-	u, err := url.Parse(ep)
-	if err != nil || u.User == nil {
+// Redact hides a password in a datastore URL, so it can be shown. kine's
+// MySQL form (mysql://user:pw@tcp(host:3306)/db) is no valid URL for
+// net/url, so the user-info part is masked by hand.
+func Redact(ep string) string {
+	scheme, rest, ok := strings.Cut(ep, "://")
+	if !ok {
 		return ep
 	}
-	if _, ok := u.User.Password(); ok {
-		u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	at := strings.LastIndex(rest, "@")
+	if at < 0 {
+		return ep
 	}
-	return u.String()
+	userinfo := rest[:at]
+	if user, _, hasPw := strings.Cut(userinfo, ":"); hasPw {
+		return scheme + "://" + user + ":xxxxx" + rest[at:]
+	}
+	return ep
+}
+
+// password returns the password in a datastore URL, or "".
+func password(ep string) string {
+	_, rest, ok := strings.Cut(ep, "://")
+	if !ok {
+		return ""
+	}
+	at := strings.LastIndex(rest, "@")
+	if at < 0 {
+		return ""
+	}
+	_, pw, _ := strings.Cut(rest[:at], ":")
+	if u, err := url.PathUnescape(pw); err == nil {
+		return u
+	}
+	return pw
+}
+
+// scrub removes the endpoint's password from err's text, should a driver
+// ever quote it.
+func scrub(err error, ep string) error {
+	pw := password(ep)
+	if err == nil || pw == "" || !strings.Contains(err.Error(), pw) {
+		return err
+	}
+	return errors.New(strings.ReplaceAll(err.Error(), pw, "xxxxx"))
 }
 
 // SQLiteVersion reports the linked SQLite library version.

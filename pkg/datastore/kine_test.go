@@ -61,8 +61,21 @@ func TestEndpoint(t *testing.T) {
 }
 
 func TestRedact(t *testing.T) {
-	got := redact("postgres://berth:hunter2@db:5432/berth")
-	if strings.Contains(got, "hunter2") || !strings.Contains(got, "berth:xxxxx@db") {
-		t.Errorf("redact: %s", got)
+	for in, want := range map[string]string{
+		"postgres://berth:hunter2@db:5432/berth":          "postgres://berth:xxxxx@db:5432/berth",
+		"mysql://root:hun@ter2@tcp(127.0.0.1:3306)/berth": "mysql://root:xxxxx@tcp(127.0.0.1:3306)/berth",
+		"https://10.0.0.1:2379,https://10.0.0.2:2379":     "https://10.0.0.1:2379,https://10.0.0.2:2379",
+		"postgres://berth@db/berth":                       "postgres://berth@db/berth",
+	} {
+		if got := Redact(in); got != want {
+			t.Errorf("Redact(%q) = %q, want %q", in, got, want)
+		}
+	}
+	if got := password("mysql://root:hun@ter2@tcp(127.0.0.1:3306)/berth"); got != "hun@ter2" {
+		t.Errorf("password: %q", got)
+	}
+	err := scrub(errors.New("dial postgres://u:hunter2@x failed"), "postgres://u:hunter2@x")
+	if strings.Contains(err.Error(), "hunter2") {
+		t.Errorf("scrub: %v", err)
 	}
 }
