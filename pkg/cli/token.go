@@ -261,9 +261,19 @@ agents and servers joining afterwards need it.`,
 				return fmt.Errorf("read server CA: %w", err)
 			}
 			tokenPath := filepath.Join(serverDir, "token")
+			old, err := os.ReadFile(tokenPath)
+			if err != nil {
+				return fmt.Errorf("rotate server token: %w", err)
+			}
 			tok, err := token.RotateServerToken(tokenPath, caPEM, caPath, newToken)
 			if err != nil {
 				return err
+			}
+			// The server re-seals the cluster's bootstrap data in a shared
+			// datastore with the new token at its next start, and then
+			// removes this file.
+			if err := atomicfile.Write(filepath.Join(serverDir, token.PreviousFile), old, 0o600); err != nil {
+				return fmt.Errorf("keep the previous token: %w", err)
 			}
 			if err := syncNodeToken(filepath.Join(serverDir, "node-token"), tok); err != nil {
 				return err

@@ -13,3 +13,14 @@ func Clientset(kubeconfig string) (kubernetes.Interface, error) {
 	}
 	return kubernetes.NewForConfig(cfg)
 }
+
+// ClientsetWithQPS is Clientset with client-go's rate limit (default 5
+// requests/s, burst 10) set for a client that makes many requests in a row.
+func ClientsetWithQPS(kubeconfig string, qps float32, burst int) (kubernetes.Interface, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	cfg.QPS, cfg.Burst = qps, burst
+	return kubernetes.NewForConfig(cfg)
+}

@@ -36,6 +36,9 @@ func (r *RBAC) Start(ctx context.Context) error {
 		Rules: []rbacv1.PolicyRule{
 			{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "list", "watch"}},
 			{APIGroups: []string{""}, Resources: []string{"nodes/status"}, Verbs: []string{"patch"}},
+			// Agents learn every server from the kubernetes Service's
+			// endpoints (pkg/agent ServerWatcher).
+			{APIGroups: []string{""}, Resources: []string{"endpoints"}, ResourceNames: []string{"kubernetes"}, Verbs: []string{"get"}},
 		},
 	}
 	binding := &rbacv1.ClusterRoleBinding{

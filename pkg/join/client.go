@@ -134,17 +134,40 @@ func (c *Client) Sign(ctx context.Context, kind CertKind, csrPEM []byte, n Node)
 	return c.do(ctx, http.MethodPost, CertsPath+string(kind), csrPEM, h)
 }
 
+// ServerBootstrap fetches the cluster's shared server files (serialised
+// pkg/bootstrap data), authenticated as user "server" with the server
+// token's password.
+func (c *Client) ServerBootstrap(ctx context.Context) ([]byte, error) {
+	if c.Token.Bootstrap {
+		return nil, &Rejected{"a bootstrap token (berth token create) joins agents only: a server joins with the server token (<data-dir>/server/token on an existing server)"}
+	}
+	return c.doAs(ctx, "server", http.MethodGet, ServerBootstrapPath, nil, nil)
+}
+
+// EtcdMembers fetches the server's embedded etcd member list (JSON),
+// authenticated as ServerBootstrap is.
+func (c *Client) EtcdMembers(ctx context.Context) ([]byte, error) {
+	if c.Token.Bootstrap {
+		return nil, &Rejected{"a bootstrap token (berth token create) joins agents only: a server joins with the server token (<data-dir>/server/token on an existing server)"}
+	}
+	return c.doAs(ctx, "server", http.MethodGet, EtcdMembersPath, nil, nil)
+}
+
 func (c *Client) do(ctx context.Context, method, path string, body []byte, h http.Header) ([]byte, error) {
+	user := c.Token.User
+	if user == "" {
+		user = "node"
+	}
+	return c.doAs(ctx, user, method, path, body, h)
+}
+
+func (c *Client) doAs(ctx context.Context, user, method, path string, body []byte, h http.Header) ([]byte, error) {
 	req, err := http.NewRequestWithContext(ctx, method, c.URL+path, bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
 	for k, v := range h {
 		req.Header[k] = v
-	}
-	user := c.Token.User
-	if user == "" {
-		user = "node"
 	}
 	req.SetBasicAuth(user, c.Token.Password)
 	resp, err := c.hc.Do(req)

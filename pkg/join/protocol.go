@@ -14,6 +14,12 @@ const (
 	ConfigPath  = PathPrefix + "/config"
 	CertsPath   = PathPrefix + "/certs/" // + a CertKind
 	ConnectPath = PathPrefix + "/connect"
+	// ServerBootstrapPath serves the cluster's shared CAs and keys
+	// (pkg/bootstrap) to a joining server; only the server token opens it.
+	ServerBootstrapPath = PathPrefix + "/server-bootstrap"
+	// EtcdMembersPath lists the embedded etcd's members (JSON) for a
+	// joining server; only the server token opens it.
+	EtcdMembersPath = PathPrefix + "/etcd-members"
 )
 
 // Headers an agent sends with its certificate requests.

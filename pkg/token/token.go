@@ -26,6 +26,11 @@ import (
 
 const prefix = "K10"
 
+// PreviousFile (in <data-dir>/server, beside "token") holds the server token
+// from before the last rotation until the server has re-sealed the
+// cluster's bootstrap data with the new one.
+const PreviousFile = "token.previous"
+
 // Token is a parsed token. A bare password parses to a Token with an empty
 // CAHash and User. For a bootstrap token (Bootstrap set), User is the token
 // id and Password its secret.
