@@ -17,12 +17,14 @@ func main() {
 	root := cli.NewRoot(
 		map[string]string{"sqlite": datastore.SQLiteVersion()},
 		servercmd.New(),
+		servercmd.NewEtcdSnapshot(),
 		agentcmd.New(),
 		cli.NewKubectl(),
 		cli.NewCheckConfig(),
 		cli.NewCtr(),
 		cli.NewCrictl(),
 		cli.NewToken(),
+		servercmd.NewSecretsEncrypt(),
 	)
 	cli.Main(root)
 }
