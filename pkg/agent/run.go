@@ -157,7 +157,7 @@ func Run(ctx context.Context, o *JoinOptions) error {
 	}
 	m := component.NewManager()
 	m.Notify = sdnotify.Take()
-	m.Add(lb)
+	m.Add(lb, &ServerWatcher{Kubeconfig: ac.Path(ControllerKubecfg), LB: lb, Default: answered})
 	for _, c := range node {
 		m.Add(c)
 		if c.Name() == "kubelet" {
