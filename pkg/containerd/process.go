@@ -210,4 +210,3 @@ func rotate(path string) error {
 	}
 	return os.Rename(path, path+".1")
 }
-

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -14,6 +15,8 @@ import (
 	netutils "k8s.io/utils/net"
 
 	"github.com/berth-io/berth/manifests"
+	"github.com/berth-io/berth/pkg/etcd"
+	"github.com/berth-io/berth/pkg/secretsencrypt"
 )
 
 // Config is the validated server configuration. Fields mirror the flags of
@@ -40,15 +43,38 @@ type Config struct {
 	ControllerManagerArgs []string
 	DisableAgent          bool
 	DatastoreEndpoint     string
+	// TLS to the external datastore (--datastore-cafile/-certfile/-keyfile).
+	DatastoreCAFile, DatastoreCertFile, DatastoreKeyFile string
+	// Server is --server: an existing server of the cluster to join (its
+	// bootstrap data is fetched before the PKI is set up).
+	Server string
 	// SQLiteSync is FULL (default, durable) or NORMAL.
 	SQLiteSync string
-	Debug      bool
+
+	// Embedded etcd (--cluster-init, or member data in server/db/etcd).
+	ClusterInit             bool
+	ClusterReset            bool
+	ClusterResetRestorePath string
+	EtcdClientPort          int
+	EtcdPeerPort            int
+	// Snapshots (etcd only).
+	EtcdSnapshotScheduleCron string
+	EtcdSnapshotRetention    int
+	EtcdSnapshotDir          string
+	EtcdSnapshotCompress     bool
+	EtcdDisableSnapshots     bool
+	Debug                    bool
 	// Disable lists packaged add-ons not to deploy (and to remove).
 	Disable []string
 	// SystemDefaultRegistry prefixes the packaged add-ons' images.
 	SystemDefaultRegistry string
 	// DefaultLocalStoragePath is where local-path volumes live.
 	DefaultLocalStoragePath string
+	// SecretsEncryption generates an encryption config for Secrets at rest
+	// (an existing one is always used); SecretsEncryptionProvider is the
+	// key type of new keys: aescbc or secretbox.
+	SecretsEncryption         bool
+	SecretsEncryptionProvider string
 
 	// The server's own node (unless DisableAgent).
 	NodeIP           string
@@ -63,6 +89,7 @@ type Config struct {
 	PrivateRegistry  string
 
 	// Derived by Validate.
+	encryptionProvider     secretsencrypt.Provider
 	clusterNet, serviceNet *net.IPNet
 	advertiseIP            net.IP
 	kubeconfigMode         os.FileMode
@@ -110,6 +137,7 @@ func (c *Config) Validate() error {
 	if c.HTTPSListenPort == c.APIServerPort {
 		errs = append(errs, fmt.Errorf("--https-listen-port and --apiserver-port are both %d", c.APIServerPort))
 	}
+	errs = append(errs, c.validateEtcd()...)
 	if net.ParseIP(c.BindAddress) == nil {
 		errs = append(errs, fmt.Errorf("--bind-address %q is not an IP address", c.BindAddress))
 	}
@@ -138,9 +166,16 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("--disable %q: not a packaged add-on; valid names: %s", d, strings.Join(manifests.Names(), ", ")))
 		}
 	}
+	if c.SecretsEncryptionProvider == "" {
+		c.SecretsEncryptionProvider = string(secretsencrypt.AESCBC)
+	}
+	if c.encryptionProvider, err = secretsencrypt.ParseProvider(c.SecretsEncryptionProvider); err != nil {
+		errs = append(errs, fmt.Errorf("--secrets-encryption-provider: %w", err))
+	}
 	if c.Token != "" && c.TokenFile != "" {
 		errs = append(errs, errors.New("--token and --token-file are mutually exclusive"))
 	}
+	errs = append(errs, c.validateDatastore()...)
 	mode, err := strconv.ParseUint(strings.TrimPrefix(c.WriteKubeconfigMode, "0o"), 8, 32)
 	if err != nil || mode > 0o777 {
 		errs = append(errs, fmt.Errorf("--write-kubeconfig-mode %q is not an octal file mode (example: 0600)", c.WriteKubeconfigMode))
@@ -151,10 +186,105 @@ func (c *Config) Validate() error {
 			c.NodeName = strings.ToLower(h)
 		}
 	}
+	if c.EtcdSnapshotDir == "" && c.DataDir != "" {
+		c.EtcdSnapshotDir = etcd.DefaultSnapshotDir(c.ServerDir())
+	} else if c.EtcdSnapshotDir != "" {
+		if c.EtcdSnapshotDir, err = filepath.Abs(c.EtcdSnapshotDir); err != nil {
+			errs = append(errs, fmt.Errorf("--etcd-snapshot-dir: %w", err))
+		}
+	}
 	if c.DefaultLocalStoragePath == "" && c.DataDir != "" {
 		c.DefaultLocalStoragePath = filepath.Join(c.DataDir, "storage")
 	}
 	return errors.Join(errs...)
+}
+
+// validateEtcd checks the embedded-etcd flags.
+func (c *Config) validateEtcd() []error {
+	var errs []error
+	if c.ClusterInit && c.DatastoreEndpoint != "" {
+		errs = append(errs, errors.New("--cluster-init (embedded etcd) and --datastore-endpoint (kine) are mutually exclusive"))
+	}
+	if c.ClusterReset && c.DatastoreEndpoint != "" {
+		errs = append(errs, errors.New("--cluster-reset works on embedded etcd, not on --datastore-endpoint"))
+	}
+	if c.ClusterResetRestorePath != "" && !c.ClusterReset {
+		errs = append(errs, errors.New("--cluster-reset-restore-path needs --cluster-reset"))
+	}
+	for _, p := range []struct {
+		flag string
+		v    int
+	}{{"--etcd-client-port", c.EtcdClientPort}, {"--etcd-peer-port", c.EtcdPeerPort}} {
+		if p.v < 1 || p.v > 65535 {
+			errs = append(errs, fmt.Errorf("%s %d is not a valid port", p.flag, p.v))
+		}
+	}
+	if c.EtcdClientPort == c.EtcdPeerPort {
+		errs = append(errs, fmt.Errorf("--etcd-client-port and --etcd-peer-port are both %d", c.EtcdClientPort))
+	}
+	if !c.EtcdDisableSnapshots {
+		if _, err := etcd.ParseSchedule(c.EtcdSnapshotScheduleCron); err != nil {
+			errs = append(errs, fmt.Errorf("--etcd-snapshot-schedule-cron %q is not a cron spec (example: \"0 */12 * * *\"): %v", c.EtcdSnapshotScheduleCron, err))
+		}
+	}
+	if c.EtcdSnapshotRetention < 1 {
+		errs = append(errs, fmt.Errorf("--etcd-snapshot-retention %d: keep at least 1 snapshot", c.EtcdSnapshotRetention))
+	}
+	return errs
+}
+
+// validateDatastore checks --server and the --datastore-* flags.
+func (c *Config) validateDatastore() []error {
+	var errs []error
+	if c.Server != "" {
+		if u, err := url.Parse(c.Server); err != nil || u.Scheme != "https" || u.Host == "" {
+			errs = append(errs, fmt.Errorf("--server %q is not an https://HOST:PORT URL", c.Server))
+		}
+		if c.Token == "" && c.TokenFile == "" {
+			errs = append(errs, errors.New("--server needs --token (or --token-file): the cluster's server token, <data-dir>/server/token on an existing server"))
+		}
+	}
+	if ep := c.DatastoreEndpoint; ep != "" {
+		scheme, _, ok := strings.Cut(ep, "://")
+		switch {
+		case !ok:
+			// Not quoted: without a scheme a password cannot be found to mask.
+			errs = append(errs, errors.New("--datastore-endpoint is not a URL: want postgres://, mysql://, https:// (etcd) or sqlite://"))
+		case !slices.Contains([]string{"postgres", "postgresql", "mysql", "http", "https", "sqlite"}, scheme):
+			errs = append(errs, fmt.Errorf("--datastore-endpoint scheme %q: want postgres://, mysql://, https:// (etcd) or sqlite://", scheme))
+		}
+	}
+	for flag, path := range map[string]string{"--datastore-cafile": c.DatastoreCAFile, "--datastore-certfile": c.DatastoreCertFile, "--datastore-keyfile": c.DatastoreKeyFile} {
+		if path == "" {
+			continue
+		}
+		if c.DatastoreEndpoint == "" {
+			errs = append(errs, fmt.Errorf("%s needs --datastore-endpoint", flag))
+		} else if _, err := os.Stat(path); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", flag, err))
+		}
+	}
+	if (c.DatastoreCertFile == "") != (c.DatastoreKeyFile == "") {
+		errs = append(errs, errors.New("--datastore-certfile and --datastore-keyfile go together"))
+	}
+	return errs
+}
+
+// tokenSecret is what the user gave as --token or in --token-file ("" if
+// neither).
+func (c *Config) tokenSecret() (string, error) {
+	if c.TokenFile == "" {
+		return c.Token, nil
+	}
+	b, err := os.ReadFile(c.TokenFile)
+	if err != nil {
+		return "", fmt.Errorf("--token-file: %w", err)
+	}
+	s := strings.TrimSpace(string(b))
+	if s == "" {
+		return "", fmt.Errorf("--token-file %s is empty", c.TokenFile)
+	}
+	return s, nil
 }
 
 // ServerDir is <data-dir>/server.

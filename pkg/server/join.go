@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -60,6 +61,7 @@ func (j *joinHandler) routes() map[string]http.Handler {
 	return map[string]http.Handler{
 		"GET " + join.ConfigPath:            j.authenticated(j.config),
 		"POST " + join.CertsPath + "{kind}": j.authenticated(j.sign),
+		"GET " + join.ServerBootstrapPath:   http.HandlerFunc(j.serverBootstrap),
 	}
 }
 
@@ -146,8 +148,17 @@ func (j *joinHandler) authenticate(r *http.Request) (caller, error) {
 	return caller{}, &joinError{http.StatusUnauthorized, "token rejected: it does not match this cluster's token (see the server's <data-dir>/server/node-token) and is not a valid bootstrap token"}
 }
 
-func (j *joinHandler) config(w http.ResponseWriter, _ *http.Request, _ caller) {
+func (j *joinHandler) config(w http.ResponseWriter, r *http.Request, _ caller) {
 	cfg := j.cfg
+	servers := []string{net.JoinHostPort(cfg.advertiseIP.String(), strconv.Itoa(cfg.HTTPSListenPort))}
+	// Every live server, so the agent's load balancer can fail over.
+	if cs, err := j.client(); err == nil {
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		if live, err := control.LiveServers(ctx, cs, time.Now()); err == nil {
+			servers = append(servers, live...)
+		}
+		cancel()
+	}
 	out := join.ClusterConfig{
 		ClusterCIDR:      cfg.ClusterCIDR,
 		ServiceCIDR:      cfg.ServiceCIDR,
@@ -157,7 +168,7 @@ func (j *joinHandler) config(w http.ResponseWriter, _ *http.Request, _ caller) {
 		DisableKubeProxy: cfg.DisableKubeProxy,
 		ServerCA:         string(j.serverCA.CertPEM),
 		ClientCA:         string(j.clientCA.CertPEM),
-		Servers:          []string{net.JoinHostPort(cfg.advertiseIP.String(), strconv.Itoa(cfg.HTTPSListenPort))},
+		Servers:          slices.Compact(servers),
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(out)

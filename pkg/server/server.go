@@ -6,11 +6,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -21,13 +21,16 @@ import (
 	"github.com/berth-io/berth/pkg/control"
 	"github.com/berth-io/berth/pkg/datastore"
 	"github.com/berth-io/berth/pkg/deploy"
+	"github.com/berth-io/berth/pkg/etcd"
 	"github.com/berth-io/berth/pkg/join"
 	"github.com/berth-io/berth/pkg/kubeconfig"
+	"github.com/berth-io/berth/pkg/leader"
 	"github.com/berth-io/berth/pkg/lock"
 	"github.com/berth-io/berth/pkg/memory"
 	"github.com/berth-io/berth/pkg/nodehosts"
 	"github.com/berth-io/berth/pkg/pki"
 	"github.com/berth-io/berth/pkg/sdnotify"
+	"github.com/berth-io/berth/pkg/secretsencrypt"
 	"github.com/berth-io/berth/pkg/supervisor"
 	"github.com/berth-io/berth/pkg/token"
 	"github.com/berth-io/berth/pkg/tunnel"
@@ -36,6 +39,11 @@ import (
 // StopTimeout bounds how long each component may take to stop.
 const StopTimeout = 5 * time.Second
 
+// EncryptionReloadInterval is how often the apiserver re-reads its
+// encryption config (upstream: a minute), so each step of a key rotation
+// takes seconds.
+const EncryptionReloadInterval = time.Second
+
 // Server is a prepared berth server.
 type Server struct {
 	cfg     *Config
@@ -43,6 +51,13 @@ type Server struct {
 	manager *component.Manager
 	unlock  func()
 	token   token.Token
+	// etcd is set when the server runs embedded etcd (else kine).
+	etcd *etcd.Config
+	// kine is the datastore component (created in prepare: on an external
+	// datastore it starts before the PKI, for the bootstrap data).
+	kine *datastore.Kine
+	// encryptionConfig is the apiserver's --encryption-provider-config ("" for none).
+	encryptionConfig string
 }
 
 // Run starts the server and blocks until ctx ends (clean stop: nil) or a
@@ -51,7 +66,10 @@ func Run(ctx context.Context, cfg *Config) error {
 	t0 := time.Now()
 	memory.Starting()
 	s := &Server{cfg: cfg}
-	if err := s.prepare(); err != nil {
+	if cfg.ClusterReset {
+		return s.clusterReset(ctx)
+	}
+	if err := s.prepare(ctx); err != nil {
 		return err
 	}
 	defer s.unlock()
@@ -76,7 +94,7 @@ func Run(ctx context.Context, cfg *Config) error {
 	return s.manager.Serve(ctx, "berth server", StopTimeout)
 }
 
-func (s *Server) prepare() error {
+func (s *Server) prepare(ctx context.Context) (err error) {
 	cfg := s.cfg
 	if err := ensureWritableDir(cfg.ServerDir()); err != nil {
 		return err
@@ -85,20 +103,52 @@ func (s *Server) prepare() error {
 	if err != nil {
 		return err
 	}
-	s.unlock = unlock
-	if err := s.ensureCredentials(); err != nil {
+	s.kine = &datastore.Kine{
+		Dir: cfg.ServerDir(), Endpoint: cfg.DatastoreEndpoint, Sync: cfg.SQLiteSync,
+		CAFile: cfg.DatastoreCAFile, CertFile: cfg.DatastoreCertFile, KeyFile: cfg.DatastoreKeyFile,
+	}
+	s.unlock = func() {
+		// An external datastore may have been started early.
+		sctx, cancel := context.WithTimeout(context.Background(), StopTimeout)
+		defer cancel()
+		_ = s.kine.Stop(sctx)
 		unlock()
+	}
+	defer func() {
+		if err != nil {
+			s.unlock()
+		}
+	}()
+	// The cluster's CAs and keys come first: from --server, or from a
+	// shared datastore; then the PKI issues this server's leaves from them.
+	if err := s.fetchBootstrap(ctx); err != nil {
 		return err
+	}
+	found, err := s.loadBootstrap(ctx)
+	if err != nil {
+		return err
+	}
+	if err := s.ensureCredentials(); err != nil {
+		return err
+	}
+	// Before the bootstrap data is stored: servers sharing a datastore
+	// must share the encryption keys too.
+	enc := secretsencrypt.Files{Dir: cfg.CredDir()}
+	if s.encryptionConfig, err = enc.Ensure(cfg.SecretsEncryption, cfg.encryptionProvider); err != nil {
+		return err
+	}
+	if err := s.chooseDatastore(ctx); err != nil {
+		return err
+	}
+	if s.sharesDatastore() && !found {
+		if err := s.storeBootstrap(ctx); err != nil {
+			return err
+		}
 	}
 	if err := s.writeAddons(); err != nil {
-		unlock()
 		return err
 	}
-	if err := s.buildComponents(); err != nil {
-		unlock()
-		return err
-	}
-	return nil
+	return s.buildComponents()
 }
 
 // ensureWritableDir creates dir (0700) and proves it is writable, so a
@@ -143,16 +193,9 @@ func (s *Server) ensureCredentials() error {
 	}
 	s.files = files
 
-	secret := cfg.Token
-	if cfg.TokenFile != "" {
-		b, err := os.ReadFile(cfg.TokenFile)
-		if err != nil {
-			return fmt.Errorf("--token-file: %w", err)
-		}
-		secret = strings.TrimSpace(string(b))
-		if secret == "" {
-			return fmt.Errorf("--token-file %s is empty", cfg.TokenFile)
-		}
+	secret, err := cfg.tokenSecret()
+	if err != nil {
+		return err
 	}
 	caPEM, err := os.ReadFile(files.ServerCA.Cert)
 	if err != nil {
@@ -215,20 +258,44 @@ func (s *Server) writeUserKubeconfig() error {
 
 func (s *Server) buildComponents() error {
 	cfg, f := s.cfg, s.files
-	kine := &datastore.Kine{Dir: cfg.ServerDir(), Endpoint: cfg.DatastoreEndpoint, Sync: cfg.SQLiteSync}
+	var store []component.Component
+	storeArgs := map[string]string{}
+	sqlite := false
+	if s.etcd != nil {
+		store = append(store, &etcd.ETCD{Config: *s.etcd})
+		// A server that ran on SQLite moves its keys into etcd before the
+		// apiserver starts (a no-op without server/db/state.db).
+		store = append(store, &etcd.Migrate{ServerDir: cfg.ServerDir(), TLS: s.etcd.TLS, ClientURL: s.etcd.ClientURL()})
+		storeArgs["etcd-servers"] = s.etcd.ClientURL()
+		storeArgs["etcd-cafile"] = s.etcd.TLS.ServerCA.Cert
+		storeArgs["etcd-certfile"] = s.etcd.TLS.Client.Cert
+		storeArgs["etcd-keyfile"] = s.etcd.TLS.Client.Key
+	} else {
+		store = append(store, s.kine)
+		storeArgs = s.kine.APIServerArgs()
+		sqlite = s.kine.IsSQLite()
+	}
 	egressSocket := filepath.Join(cfg.ServerDir(), "egress.sock")
 	egressConfig, err := writeEgressConfig(cfg.ServerDir(), egressSocket)
 	if err != nil {
 		return err
 	}
 
-	defaults := s.apiserverDefaults(kine)
+	defaults := s.apiserverDefaults()
+	maps.Copy(defaults, storeArgs)
 	defaults["egress-selector-config-file"] = egressConfig
+	if s.encryptionConfig != "" {
+		defaults["encryption-provider-config"] = s.encryptionConfig
+		// `berth secrets-encrypt` changes the file while the apiserver runs.
+		defaults["encryption-provider-config-automatic-reload"] = "true"
+	}
 	apiArgs, err := control.Args(defaults, cfg.APIServerArgs)
 	if err != nil {
 		return fmt.Errorf("--kube-apiserver-arg: %w", err)
 	}
-	leaderElect := strconv.FormatBool(!kine.IsSQLite())
+	// One SQLite file means one server: leader election is pointless
+	// there, and needed on etcd or an external database.
+	leaderElect := strconv.FormatBool(!sqlite)
 	schedKubeconfig := filepath.Join(cfg.CredDir(), "scheduler.kubeconfig")
 	schedArgs, err := control.Args(map[string]string{
 		"kubeconfig":                schedKubeconfig,
@@ -280,12 +347,26 @@ func (s *Server) buildComponents() error {
 		return fmt.Errorf("join endpoints: %w", err)
 	}
 	handlers := joins.routes()
+	handlers["GET "+join.EtcdMembersPath] = joins.etcdMembers(s.etcd)
 	handlers[join.ConnectPath] = tun.Handler()
+	encryption := &secretsencrypt.Manager{
+		Files:    secretsencrypt.Files{Dir: cfg.CredDir()},
+		Provider: cfg.encryptionProvider,
+		NodeName: cfg.NodeName,
+		// Rewriting Secrets is one request each: client-go's default 5/s
+		// would take minutes for a few hundred; 50/s still leaves the
+		// apiserver room on two cores.
+		Client: sync.OnceValues(func() (kubernetes.Interface, error) {
+			return control.ClientsetWithQPS(admin, 50, 100)
+		}),
+		ReloadInterval: EncryptionReloadInterval,
+	}
+	maps.Copy(handlers, s.encryptionRoutes(encryption))
 
 	m := component.NewManager()
 	m.Notify = sdnotify.Take()
+	m.Add(store...)
 	m.Add(
-		kine,
 		&control.APIServer{
 			Args:       apiArgs,
 			Address:    cfg.apiserverAddress(),
@@ -293,6 +374,8 @@ func (s *Server) buildComponents() error {
 			ClientCert: f.Admin.Cert,
 			ClientKey:  f.Admin.Key,
 		},
+		// Before the supervisor serves its endpoints, stopped before the apiserver.
+		encryption,
 		&supervisor.Supervisor{
 			Address:       cfg.supervisorAddress(),
 			Backend:       "https://" + cfg.apiserverAddress(),
@@ -311,13 +394,15 @@ func (s *Server) buildComponents() error {
 			IP:         cfg.advertiseIP,
 			Port:       int32(cfg.HTTPSListenPort),
 		},
-		&deploy.Controller{Dir: cfg.ManifestsDir(), Kubeconfig: admin},
-		// Runs whether or not CoreDNS is packaged: a user's own coredns
-		// ConfigMap gets the node entries too (as in k3s).
-		&nodehosts.Controller{Client: client},
+	)
+	m.Add(s.singletons(admin, client)...)
+	m.Add(
 		&control.ControllerManager{Args: cmArgs},
 		&control.Scheduler{Args: schedArgs},
 	)
+	if s.etcd != nil && !cfg.EtcdDisableSnapshots {
+		m.Add(&etcd.Scheduler{Snapshots: s.snapshots(), Cron: cfg.EtcdSnapshotScheduleCron, Retention: cfg.EtcdSnapshotRetention})
+	}
 	if !cfg.DisableAgent {
 		node, err := s.localAgent()
 		if err != nil {
@@ -337,17 +422,36 @@ func (s *Server) buildComponents() error {
 	return nil
 }
 
+// singletons are the controllers that write cluster state once per
+// cluster. With one server (SQLite) they simply run; on a datastore several
+// servers share, they run under leader election on the Lease
+// kube-system/berth, on one server at a time.
+func (s *Server) singletons(admin string, client func() (kubernetes.Interface, error)) []component.Component {
+	cfg := s.cfg
+	newControllers := func() []component.Component {
+		return []component.Component{
+			&deploy.Controller{Dir: cfg.ManifestsDir(), Kubeconfig: admin},
+			// Runs whether or not CoreDNS is packaged: a user's own coredns
+			// ConfigMap gets the node entries too (as in k3s).
+			&nodehosts.Controller{Client: client},
+		}
+	}
+	if !s.sharesDatastore() {
+		return newControllers()
+	}
+	return []component.Component{&leader.Elected{Lease: "berth", Identity: leader.Identity(cfg.NodeName), Client: client, New: newControllers}}
+}
+
 // apiserverDefaults are the kube-apiserver arguments of a careful
 // distribution: no anonymous access, Node+RBAC, NodeRestriction, loopback
 // only, and the request-header front proxy the supervisor relies on.
-func (s *Server) apiserverDefaults(kine *datastore.Kine) map[string]string {
+func (s *Server) apiserverDefaults() map[string]string {
 	cfg, f := s.cfg, s.files
 	issuer := "https://kubernetes.default.svc." + cfg.ClusterDomain
 	return map[string]string{
 		"advertise-address":                  cfg.advertiseIP.String(),
 		"bind-address":                       "127.0.0.1",
 		"secure-port":                        strconv.Itoa(cfg.APIServerPort),
-		"etcd-servers":                       kine.EtcdServers(),
 		"storage-backend":                    "etcd3",
 		"service-cluster-ip-range":           cfg.ServiceCIDR,
 		"service-node-port-range":            cfg.ServiceNodePortRange,

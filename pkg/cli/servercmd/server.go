@@ -9,6 +9,7 @@ import (
 	"github.com/berth-io/berth/manifests"
 	"github.com/berth-io/berth/pkg/cli"
 	"github.com/berth-io/berth/pkg/datastore"
+	"github.com/berth-io/berth/pkg/etcd"
 	"github.com/berth-io/berth/pkg/registries"
 	"github.com/berth-io/berth/pkg/server"
 )
@@ -17,6 +18,7 @@ import (
 var envAliases = map[string]string{
 	"BERTH_KUBECONFIG_OUTPUT": "write-kubeconfig",
 	"BERTH_KUBECONFIG_MODE":   "write-kubeconfig-mode",
+	"BERTH_URL":               "server",
 }
 
 // New returns the `berth server` command.
@@ -26,7 +28,8 @@ func New() *cobra.Command {
 		Use:   "server",
 		Short: "Run the control plane (and, by default, a node)",
 		Long: `Run the Kubernetes control plane: kube-apiserver, kube-scheduler and
-kube-controller-manager in one process, on kine with SQLite.
+kube-controller-manager in one process, on kine with SQLite, or on
+embedded etcd with --cluster-init.
 
 Flags may also come from BERTH_<FLAG> environment variables and from
 /etc/berth/config.yaml plus /etc/berth/config.yaml.d/*.yaml (keys are flag
@@ -64,6 +67,7 @@ over the files.`,
 	f.StringVar(&cfg.NodeName, "node-name", "", "node name (default: the hostname)")
 	f.StringVarP(&cfg.Token, "token", "t", "", "shared secret for joining nodes; a K10… token is checked against this cluster's CA")
 	f.StringVar(&cfg.TokenFile, "token-file", "", "file holding the token")
+	f.StringVarP(&cfg.Server, "server", "s", "", "join the cluster of this server, https://HOST:6443, as another server: its CAs and keys are fetched with --token (env BERTH_URL)")
 	f.StringVarP(&cfg.WriteKubeconfig, "write-kubeconfig", "o", cli.DefaultKubeconfig, "where to write the admin kubeconfig (env BERTH_KUBECONFIG_OUTPUT)")
 	f.StringVar(&cfg.WriteKubeconfigMode, "write-kubeconfig-mode", "0600", "file mode of the admin kubeconfig (env BERTH_KUBECONFIG_MODE)")
 	f.StringArrayVar(&cfg.APIServerArgs, "kube-apiserver-arg", nil, "extra kube-apiserver flag, key=value (repeatable)")
@@ -83,7 +87,22 @@ over the files.`,
 	f.StringSliceVar(&cfg.Disable, "disable", nil, "packaged add-ons not to deploy (and to remove): "+strings.Join(manifests.Names(), ", "))
 	f.StringVar(&cfg.SystemDefaultRegistry, "system-default-registry", "", "registry prefixing the packaged add-ons' images (default: berth.local, the air-gap images)")
 	f.StringVar(&cfg.DefaultLocalStoragePath, "default-local-storage-path", "", "where local-path volumes live (default: <data-dir>/storage)")
-	f.StringVar(&cfg.DatastoreEndpoint, "datastore-endpoint", "", "kine datastore URL (default: SQLite in <data-dir>/server/db/state.db)")
+	f.StringVar(&cfg.DatastoreEndpoint, "datastore-endpoint", "", "external datastore: postgres://user:pw@host:5432/db, mysql://user:pw@tcp(host:3306)/db, https://etcd1:2379[,…] or sqlite://path (default: SQLite in <data-dir>/server/db/state.db)")
+	f.StringVar(&cfg.DatastoreCAFile, "datastore-cafile", "", "CA certificate to verify the datastore's TLS certificate")
+	f.StringVar(&cfg.DatastoreCertFile, "datastore-certfile", "", "client certificate for the datastore")
+	f.StringVar(&cfg.DatastoreKeyFile, "datastore-keyfile", "", "client key for the datastore")
+	f.BoolVar(&cfg.ClusterInit, "cluster-init", false, "run embedded etcd (HA-capable) instead of SQLite; an existing SQLite datastore is migrated into it")
+	f.BoolVar(&cfg.ClusterReset, "cluster-reset", false, "make this server's embedded etcd a one-member cluster (from its data, or --cluster-reset-restore-path), then exit")
+	f.StringVar(&cfg.ClusterResetRestorePath, "cluster-reset-restore-path", "", "etcd snapshot file to restore with --cluster-reset (its .sha256 file is checked)")
+	f.IntVar(&cfg.EtcdClientPort, "etcd-client-port", etcd.DefaultClientPort, "embedded etcd client port (loopback and the node IP)")
+	f.IntVar(&cfg.EtcdPeerPort, "etcd-peer-port", etcd.DefaultPeerPort, "embedded etcd peer port (the node IP)")
+	f.StringVar(&cfg.EtcdSnapshotScheduleCron, "etcd-snapshot-schedule-cron", "0 */12 * * *", "when to take etcd snapshots (cron spec: minute hour day month weekday)")
+	f.IntVar(&cfg.EtcdSnapshotRetention, "etcd-snapshot-retention", 5, "number of scheduled snapshots to keep")
+	f.StringVar(&cfg.EtcdSnapshotDir, "etcd-snapshot-dir", "", "where snapshots go (default: <data-dir>/server/db/snapshots)")
+	f.BoolVar(&cfg.EtcdSnapshotCompress, "etcd-snapshot-compress", false, "zip-compress snapshots")
+	f.BoolVar(&cfg.EtcdDisableSnapshots, "etcd-disable-snapshots", false, "take no scheduled snapshots")
+	f.BoolVar(&cfg.SecretsEncryption, "secrets-encryption", false, "encrypt Secrets at rest (generates <data-dir>/server/cred/encryption-config.json; see berth secrets-encrypt)")
+	f.StringVar(&cfg.SecretsEncryptionProvider, "secrets-encryption-provider", "aescbc", "key type of new secrets encryption keys: aescbc or secretbox")
 	f.StringVar(&cfg.SQLiteSync, "sqlite-synchronous", datastore.SyncFull, "SQLite synchronous mode: FULL (an acknowledged write survives a power cut) or NORMAL (faster; the newest writes can be lost)")
 	return cmd
 }
