@@ -85,6 +85,10 @@ type server struct {
 	configYAML string
 	// env is added to the server's environment (BERTH_* variables).
 	env []string
+	// hostname, if set, runs the server in its own UTS namespace with this
+	// host name: servers sharing a datastore must differ in it, as on real
+	// hosts (each apiserver keeps an identity Lease named after its host).
+	hostname string
 
 	cmd     *exec.Cmd
 	out     *syncBuffer
@@ -134,6 +138,10 @@ func (s *server) start() {
 func (s *server) startArgs(args ...string) {
 	s.t.Helper()
 	s.cmd = exec.Command(berthBin, args...)
+	if s.hostname != "" {
+		// unshare and sh exec: berth keeps the pid.
+		s.cmd = exec.Command("unshare", append([]string{"--uts", "--", "sh", "-c", `hostname "$0" && exec "$@"`, s.hostname, berthBin}, args...)...)
+	}
 	s.out = &syncBuffer{}
 	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
 	s.cmd.Env = append(cleanEnv(), s.env...)
@@ -156,6 +164,15 @@ func (s *server) startArgs(args ...string) {
 		}
 		if s.t.Failed() {
 			s.t.Logf("berth output (last 60 lines):\n%s", tail(s.out.String(), 60))
+			// The whole output, for a failure the tail does not explain.
+			if dir := os.Getenv("BERTH_TEST_LOGDIR"); dir != "" {
+				f, err := os.CreateTemp(dir, strings.ReplaceAll(s.t.Name(), "/", "_")+"-*.log")
+				if err == nil {
+					_, _ = f.WriteString(s.out.String())
+					f.Close()
+					s.t.Logf("berth output: %s", f.Name())
+				}
+			}
 		}
 	})
 }

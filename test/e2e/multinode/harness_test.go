@@ -780,6 +780,21 @@ func (n *Node) Restart() error {
 	return n.StartBinary(bin, args...)
 }
 
+// StartAgain starts berth again, after it exited, with the same binary and
+// arguments: what a service manager's Restart=always does.
+func (n *Node) StartAgain() error {
+	n.mu.Lock()
+	bin, args := n.bin, n.args
+	n.mu.Unlock()
+	if args == nil {
+		return fmt.Errorf("berth was never started on %s", n.Name)
+	}
+	if n.Running() {
+		return fmt.Errorf("berth on %s still runs", n.Name)
+	}
+	return n.StartBinary(bin, args...)
+}
+
 // Exec runs a command in the node's network and mount namespaces (so
 // iptables, ss, ip, crictl and ctr see the node's state) and returns its
 // combined output.
