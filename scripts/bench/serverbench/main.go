@@ -1,6 +1,8 @@
 // Command serverbench measures a berth server on this machine: start-up to
-// /readyz (new and existing data dir), idle memory, binary size, and kine
-// write throughput with SQLite synchronous=FULL against NORMAL.
+// /readyz (new and existing data dir), idle memory, binary size, kine
+// write throughput with SQLite synchronous=FULL against NORMAL, and the
+// datastores compared (SQLite FULL, embedded etcd): create throughput and
+// latency, watch event latency.
 //
 // It starts the real binary on its own ports and data dirs and stops every
 // process it started, also when it fails.
@@ -32,14 +34,15 @@ import (
 )
 
 var (
-	bin       = flag.String("bin", "bin/berth", "berth binary")
-	runs      = flag.Int("runs", 5, "cold starts per case")
-	idle      = flag.Duration("idle", 60*time.Second, "idle time before reading memory")
-	creates   = flag.Int("creates", 1000, "ConfigMaps per throughput run")
-	workers   = flag.String("workers", "1,16", "concurrent writers per throughput run")
-	only      = flag.String("only", "", "comma list of sections: size,start,memory,writes,node,pods,agent,addons")
-	basePort  = flag.Int("port", 26443, "first of four ports to use")
-	keepFiles = flag.Bool("keep", false, "keep the temporary data dirs")
+	bin         = flag.String("bin", "bin/berth", "berth binary")
+	runs        = flag.Int("runs", 5, "cold starts per case")
+	idle        = flag.Duration("idle", 60*time.Second, "idle time before reading memory")
+	creates     = flag.Int("creates", 1000, "ConfigMaps per throughput run")
+	workers     = flag.String("workers", "1,16", "concurrent writers per throughput run")
+	only        = flag.String("only", "", "comma list of sections: size,start,memory,writes,datastore,node,pods,agent,addons")
+	basePort    = flag.Int("port", 26443, "first of six ports to use (the last two: etcd client and peer)")
+	watchEvents = flag.Int("watch-events", 300, "ConfigMaps created one at a time for the watch latency (datastore section)")
+	keepFiles   = flag.Bool("keep", false, "keep the temporary data dirs")
 )
 
 type proc struct {
@@ -358,6 +361,7 @@ func main() {
 		{"start", func() error { return benchStart(root) }},
 		{"memory", func() error { return benchMemory(root) }},
 		{"writes", func() error { return benchWrites(root) }},
+		{"datastore", func() error { return benchDatastore(root) }},
 		{"node", func() error { return benchNode(root) }},
 		{"pods", func() error { return benchPods(root) }},
 		{"agent", func() error { return benchAgent(root) }},
