@@ -67,7 +67,7 @@ unit: build airgap
 
 # BERTH_BIN points the integration tests at the binary built once here.
 integration: build
-	BERTH_BIN=$(CURDIR)/$(BIN)/berth $(GO) test -count=1 -timeout 30m -tags "$(TAGS)" -v $(INTEGRATION_PKGS)
+	BERTH_BIN=$(CURDIR)/$(BIN)/berth BERTH_DB_REQUIRED=1 $(GO) test -count=1 -timeout 30m -tags "$(TAGS)" -v $(INTEGRATION_PKGS)
 
 # BERTH_IMAGES: the image tarballs `make images` built, imported by the
 # tests through the air-gap directory; BERTH_AIRGAP: the add-ons' bundle. -p 1: one package at a time (the
@@ -75,7 +75,7 @@ integration: build
 # the multi-node one's included). BERTH_RELEASE_DIR: this architecture's
 # release (mk/release.mk), which test/e2e/install installs as users do.
 e2e: build airgap release-$(ARCH)
-	BERTH_BIN=$(CURDIR)/$(BIN)/berth BERTH_IMAGES=$(CURDIR)/dist/images \
+	BERTH_BIN=$(CURDIR)/$(BIN)/berth BERTH_IMAGES=$(CURDIR)/dist/images BERTH_DB_REQUIRED=1 \
 	  BERTH_AIRGAP=$(CURDIR)/$(AIRGAP_DIR)/berth-airgap-images-$(ARCH).tar.zst \
 	  BERTH_RELEASE_DIR=$(CURDIR)/$(RELEASE_OUT) \
 	  $(GO) test -count=1 -p 1 -timeout 30m -tags "$(TAGS)" -v $(E2E_PKGS)

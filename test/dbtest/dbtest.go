@@ -26,6 +26,11 @@ import (
 // ErrMissing says the database binaries are not installed.
 var ErrMissing = errors.New("not installed")
 
+// Required reports whether a missing database is a failure rather than a
+// reason to skip: the Makefile sets BERTH_DB_REQUIRED, after `make deps`
+// installed both, so CI cannot pass without running these tests.
+func Required() bool { return os.Getenv("BERTH_DB_REQUIRED") != "" }
+
 // DB is a running database server.
 type DB struct {
 	// Kind is "postgres" or "mariadb".
