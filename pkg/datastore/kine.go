@@ -41,6 +41,8 @@ type Kine struct {
 	// CAFile, CertFile and KeyFile are --datastore-cafile/-certfile/
 	// -keyfile: TLS to the external database or etcd.
 	CAFile, CertFile, KeyFile string
+	// NodeName names this server's nudge key on a shared SQL database.
+	NodeName string
 
 	cancel  context.CancelFunc
 	wg      *sync.WaitGroup
@@ -272,6 +274,13 @@ func (k *Kine) Start(context.Context) error {
 	}
 	if len(etcd.Endpoints) > 0 {
 		k.etcdURL = etcd.Endpoints[0]
+	}
+	if k.sharesSQL() {
+		k.wg.Add(1)
+		go func() {
+			defer k.wg.Done()
+			k.nudge(ctx)
+		}()
 	}
 	return nil
 }

@@ -106,6 +106,7 @@ func (s *Server) prepare(ctx context.Context) (err error) {
 	s.kine = &datastore.Kine{
 		Dir: cfg.ServerDir(), Endpoint: cfg.DatastoreEndpoint, Sync: cfg.SQLiteSync,
 		CAFile: cfg.DatastoreCAFile, CertFile: cfg.DatastoreCertFile, KeyFile: cfg.DatastoreKeyFile,
+		NodeName: cfg.NodeName,
 	}
 	s.unlock = func() {
 		// An external datastore may have been started early.
