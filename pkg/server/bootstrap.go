@@ -16,6 +16,7 @@ import (
 
 	"github.com/berth-io/berth/pkg/bootstrap"
 	"github.com/berth-io/berth/pkg/datastore"
+	"github.com/berth-io/berth/pkg/etcd"
 	"github.com/berth-io/berth/pkg/token"
 )
 
@@ -58,6 +59,13 @@ func (s *Server) serverToken() (tok token.Token, ok bool, err error) {
 // a data dir of another cluster is an error and nothing is written.
 func (s *Server) fetchBootstrap(ctx context.Context) error {
 	if s.cfg.Server == "" {
+		return nil
+	}
+	if etcd.IsMember(s.cfg.ServerDir()) {
+		// Joined before: the CAs are here and etcd holds the state. Waiting
+		// for --server would deadlock a cluster restarting after quorum
+		// loss when that server is the one still down.
+		klog.Infof("already an etcd member of the cluster: starting from this server's own bootstrap data (not fetching it from %s)", s.cfg.Server)
 		return nil
 	}
 	tok, _, err := s.serverToken()
