@@ -2,7 +2,6 @@ package pki
 
 import (
 	"errors"
-	"fmt"
 	"net"
 	"path/filepath"
 	"strings"
@@ -79,26 +78,12 @@ func EnsureEtcd(cfg EtcdConfig) (*EtcdFiles, error) {
 	if n := strings.ToLower(cfg.NodeName); n != "" && n != "localhost" {
 		dns = append(dns, n)
 	}
-	leaves := []struct {
-		name string
-		ca   *CA
-		pair Pair
-		spec LeafSpec
-	}{
+	leaves := []leaf{
 		{"etcd serving", serverCA, files.Server, LeafSpec{CommonName: "etcd-server", DNSNames: dns, IPs: ips, Server: true, Client: true}},
 		{"etcd client", serverCA, files.Client, LeafSpec{CommonName: "etcd-client", Client: true}},
 		{"etcd peer", peerCA, files.Peer, LeafSpec{CommonName: "etcd-peer", DNSNames: dns, IPs: ips, Server: true, Client: true}},
 	}
-	tasks := make([]func() error, len(leaves))
-	for i, l := range leaves {
-		tasks[i] = func() error {
-			if err := ensureLeaf(l.ca, l.spec, l.pair, now); err != nil {
-				return fmt.Errorf("issue %s certificate: %w", l.name, err)
-			}
-			return nil
-		}
-	}
-	if err := parallel(tasks...); err != nil {
+	if err := ensureLeaves(leaves, now); err != nil {
 		return nil, err
 	}
 	return files, nil

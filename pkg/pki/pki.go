@@ -134,12 +134,7 @@ func Ensure(cfg Config) (*Files, error) {
 		return nil, err
 	}
 
-	leaves := []struct {
-		name string
-		ca   *CA
-		pair Pair
-		spec LeafSpec
-	}{
+	leaves := []leaf{
 		{"serving", serverCA, files.Serving, servingSpec(cfg)},
 		{"admin", clientCA, files.Admin, LeafSpec{CommonName: "system:admin", Organization: []string{"system:masters"}, Client: true}},
 		{"controller-manager", clientCA, files.ControllerManager, LeafSpec{CommonName: "system:kube-controller-manager", Client: true}},
@@ -147,6 +142,22 @@ func Ensure(cfg Config) (*Files, error) {
 		{"kubelet client", clientCA, files.KubeletClient, LeafSpec{CommonName: "system:apiserver", Organization: []string{"system:masters"}, Client: true}},
 		{"auth-proxy", requestHeaderCA, files.AuthProxy, LeafSpec{CommonName: "system:auth-proxy", Client: true}},
 	}
+	if err := ensureLeaves(leaves, now); err != nil {
+		return nil, err
+	}
+	return files, nil
+}
+
+// leaf is a certificate to issue (or keep) from ca.
+type leaf struct {
+	name string
+	ca   *CA
+	pair Pair
+	spec LeafSpec
+}
+
+// ensureLeaves issues (or keeps) the leaves concurrently.
+func ensureLeaves(leaves []leaf, now time.Time) error {
 	tasks := make([]func() error, len(leaves))
 	for i, l := range leaves {
 		tasks[i] = func() error {
@@ -156,10 +167,7 @@ func Ensure(cfg Config) (*Files, error) {
 			return nil
 		}
 	}
-	if err := parallel(tasks...); err != nil {
-		return nil, err
-	}
-	return files, nil
+	return parallel(tasks...)
 }
 
 // parallel runs fns concurrently and joins their errors in argument order,
