@@ -250,15 +250,10 @@ random one, and print it. The server uses the new token once restarted;
 agents and servers joining afterwards need it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			// <data-dir>/server as server.Config.ServerDir lays it out.
-			serverDir := filepath.Join(o.dataDir, "server")
-			caPath := pki.FilesIn(filepath.Join(serverDir, "tls")).ServerCA.Cert
-			caPEM, err := os.ReadFile(caPath)
-			if errors.Is(err, fs.ErrNotExist) {
-				return fmt.Errorf("%s is not the data dir of a berth server that has started once: there is no %s (pass --data-dir)", o.dataDir, caPath)
-			}
+			serverDir := ServerDir(o.dataDir)
+			caPEM, caPath, err := ReadServerCA(o.dataDir)
 			if err != nil {
-				return fmt.Errorf("read server CA: %w", err)
+				return err
 			}
 			tokenPath := filepath.Join(serverDir, "token")
 			old, err := os.ReadFile(tokenPath)
@@ -437,4 +432,22 @@ func isNetError(err error) bool {
 	var ne net.Error
 	var ue *url.Error
 	return errors.As(err, &ne) || errors.As(err, &ue) || errors.Is(err, context.DeadlineExceeded)
+}
+
+// ServerDir is <data-dir>/server, as server.Config.ServerDir lays it out
+// (the CLI does not import the server).
+func ServerDir(dataDir string) string { return filepath.Join(dataDir, "server") }
+
+// ReadServerCA reads the server CA of the berth server whose data dir is
+// dataDir, for commands that talk to it or change its token.
+func ReadServerCA(dataDir string) (pem []byte, path string, err error) {
+	path = pki.FilesIn(filepath.Join(ServerDir(dataDir), "tls")).ServerCA.Cert
+	pem, err = os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, path, fmt.Errorf("%s is not the data dir of a berth server that has started once: there is no %s (pass --data-dir)", dataDir, path)
+	}
+	if err != nil {
+		return nil, path, fmt.Errorf("read server CA: %w (run as root)", err)
+	}
+	return pem, path, nil
 }

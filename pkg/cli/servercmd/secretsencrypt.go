@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -20,7 +19,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/berth-io/berth/pkg/cli"
-	"github.com/berth-io/berth/pkg/pki"
 	"github.com/berth-io/berth/pkg/secretsencrypt"
 	"github.com/berth-io/berth/pkg/token"
 )
@@ -212,14 +210,10 @@ func (o *encryptOptions) status(ctx context.Context) (*secretsencrypt.Status, er
 // do sends one request to the server, verified against the data dir's
 // server CA, with the server token.
 func (o *encryptOptions) do(ctx context.Context, method, path string, body []byte, out any) error {
-	serverDir := filepath.Join(o.dataDir, "server")
-	caPath := pki.FilesIn(filepath.Join(serverDir, "tls")).ServerCA.Cert
-	caPEM, err := os.ReadFile(caPath)
-	if errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("%s is not the data dir of a berth server: there is no %s (pass --data-dir)", o.dataDir, caPath)
-	}
+	serverDir := cli.ServerDir(o.dataDir)
+	caPEM, caPath, err := cli.ReadServerCA(o.dataDir)
 	if err != nil {
-		return fmt.Errorf("read server CA: %w (run as root)", err)
+		return err
 	}
 	secret := o.token
 	if secret == "" {
