@@ -126,17 +126,7 @@ func (c *Config) Validate() error {
 	if _, err := utilnet.ParsePortRange(c.ServiceNodePortRange); err != nil {
 		errs = append(errs, fmt.Errorf("--service-node-port-range %q: %v", c.ServiceNodePortRange, err))
 	}
-	for _, p := range []struct {
-		flag string
-		v    int
-	}{{"--https-listen-port", c.HTTPSListenPort}, {"--apiserver-port", c.APIServerPort}} {
-		if p.v < 1 || p.v > 65535 {
-			errs = append(errs, fmt.Errorf("%s %d is not a valid port", p.flag, p.v))
-		}
-	}
-	if c.HTTPSListenPort == c.APIServerPort {
-		errs = append(errs, fmt.Errorf("--https-listen-port and --apiserver-port are both %d", c.APIServerPort))
-	}
+	errs = append(errs, portPair("--https-listen-port", c.HTTPSListenPort, "--apiserver-port", c.APIServerPort)...)
 	errs = append(errs, c.validateEtcd()...)
 	if net.ParseIP(c.BindAddress) == nil {
 		errs = append(errs, fmt.Errorf("--bind-address %q is not an IP address", c.BindAddress))
@@ -211,17 +201,7 @@ func (c *Config) validateEtcd() []error {
 	if c.ClusterResetRestorePath != "" && !c.ClusterReset {
 		errs = append(errs, errors.New("--cluster-reset-restore-path needs --cluster-reset"))
 	}
-	for _, p := range []struct {
-		flag string
-		v    int
-	}{{"--etcd-client-port", c.EtcdClientPort}, {"--etcd-peer-port", c.EtcdPeerPort}} {
-		if p.v < 1 || p.v > 65535 {
-			errs = append(errs, fmt.Errorf("%s %d is not a valid port", p.flag, p.v))
-		}
-	}
-	if c.EtcdClientPort == c.EtcdPeerPort {
-		errs = append(errs, fmt.Errorf("--etcd-client-port and --etcd-peer-port are both %d", c.EtcdClientPort))
-	}
+	errs = append(errs, portPair("--etcd-client-port", c.EtcdClientPort, "--etcd-peer-port", c.EtcdPeerPort)...)
 	if !c.EtcdDisableSnapshots {
 		if _, err := etcd.ParseSchedule(c.EtcdSnapshotScheduleCron); err != nil {
 			errs = append(errs, fmt.Errorf("--etcd-snapshot-schedule-cron %q is not a cron spec (example: \"0 */12 * * *\"): %v", c.EtcdSnapshotScheduleCron, err))
@@ -229,6 +209,24 @@ func (c *Config) validateEtcd() []error {
 	}
 	if c.EtcdSnapshotRetention < 1 {
 		errs = append(errs, fmt.Errorf("--etcd-snapshot-retention %d: keep at least 1 snapshot", c.EtcdSnapshotRetention))
+	}
+	return errs
+}
+
+// portPair checks two ports one component listens on: each valid, and not
+// the same.
+func portPair(flagA string, a int, flagB string, b int) []error {
+	var errs []error
+	for _, p := range []struct {
+		flag string
+		v    int
+	}{{flagA, a}, {flagB, b}} {
+		if p.v < 1 || p.v > 65535 {
+			errs = append(errs, fmt.Errorf("%s %d is not a valid port", p.flag, p.v))
+		}
+	}
+	if a == b {
+		errs = append(errs, fmt.Errorf("%s and %s are both %d", flagA, flagB, a))
 	}
 	return errs
 }
