@@ -17,7 +17,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/berth-io/berth/test/dbtest"
 )
@@ -96,19 +95,7 @@ func benchBackend(root string, b datastoreBackend, ws []string) error {
 	if _, err := waitReady(p, t0); err != nil {
 		return err
 	}
-	kc := filepath.Join(dir, "admin.yaml")
-	for i := 0; i < 300; i++ {
-		if _, err := os.Stat(kc); err == nil {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	cfg, err := clientcmd.BuildConfigFromFlags("", kc)
-	if err != nil {
-		return err
-	}
-	cfg.QPS, cfg.Burst = 100000, 100000
-	cs, err := kubernetes.NewForConfig(cfg)
+	cs, err := adminClient(dir, 100000)
 	if err != nil {
 		return err
 	}

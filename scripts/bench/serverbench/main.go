@@ -30,7 +30,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 )
 
 var (
@@ -276,22 +275,7 @@ func benchWrites(root string) error {
 			p.stop()
 			return err
 		}
-		// The admin kubeconfig is written once every component is ready,
-		// a moment after /readyz first answers.
-		kc := filepath.Join(dir, "admin.yaml")
-		for i := 0; i < 300; i++ {
-			if _, err := os.Stat(kc); err == nil {
-				break
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		cfg, err := clientcmd.BuildConfigFromFlags("", kc)
-		if err != nil {
-			p.stop()
-			return err
-		}
-		cfg.QPS, cfg.Burst = 100000, 100000
-		cs, err := kubernetes.NewForConfig(cfg)
+		cs, err := adminClient(dir, 100000)
 		if err != nil {
 			p.stop()
 			return err

@@ -42,7 +42,10 @@ func startNode(dataDir string) (*proc, error) {
 	return startWith(dataDir, false)
 }
 
-func nodeClient(dataDir string) (kubernetes.Interface, error) {
+// adminClient waits for the server's admin kubeconfig in dataDir (written
+// once every component is ready, a moment after /readyz first answers) and
+// returns a client with the given rate limit.
+func adminClient(dataDir string, qps float32) (kubernetes.Interface, error) {
 	kc := filepath.Join(dataDir, "admin.yaml")
 	for i := 0; i < 600; i++ {
 		if _, err := os.Stat(kc); err == nil {
@@ -54,9 +57,11 @@ func nodeClient(dataDir string) (kubernetes.Interface, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg.QPS, cfg.Burst = 1000, 1000
+	cfg.QPS, cfg.Burst = qps, int(qps)
 	return kubernetes.NewForConfig(cfg)
 }
+
+func nodeClient(dataDir string) (kubernetes.Interface, error) { return adminClient(dataDir, 1000) }
 
 // waitNodeReady returns the time from t0 until a node is Ready.
 func waitNodeReady(p *proc, t0 time.Time) (time.Duration, error) {
