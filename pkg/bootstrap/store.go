@@ -54,15 +54,6 @@ func Load(ctx context.Context, kv clientv3.KV, password string) (*Data, error) {
 // (create-only, the compare kine supports: mod revision 0), so two servers starting together cannot overwrite each
 // other: the loser gets ErrExists.
 func Save(ctx context.Context, kv clientv3.KV, password string, d *Data) error {
-	return put(ctx, kv, password, d, false)
-}
-
-// Update replaces the stored data (after a mutable file changed).
-func Update(ctx context.Context, kv clientv3.KV, password string, d *Data) error {
-	return put(ctx, kv, password, d, true)
-}
-
-func put(ctx context.Context, kv clientv3.KV, password string, d *Data, replace bool) error {
 	key, err := keyName(password)
 	if err != nil {
 		return err
@@ -74,12 +65,6 @@ func put(ctx context.Context, kv clientv3.KV, password string, d *Data, replace 
 	sealed, err := Seal(plain, password)
 	if err != nil {
 		return err
-	}
-	if replace {
-		if _, err := kv.Put(ctx, key, string(sealed)); err != nil {
-			return fmt.Errorf("store bootstrap data in the datastore: %w", err)
-		}
-		return nil
 	}
 	resp, err := kv.Txn(ctx).
 		If(clientv3.Compare(clientv3.ModRevision(key), "=", 0)).
