@@ -71,7 +71,8 @@ func (e *Elected) Start(context.Context) error {
 		defer close(e.done)
 		// RunOrDie returns when leadership is lost: campaign again.
 		for ctx.Err() == nil {
-			leaderelection.RunOrDie(ctx, leaderelection.LeaderElectionConfig{
+			term, endTerm := context.WithCancel(ctx)
+			leaderelection.RunOrDie(term, leaderelection.LeaderElectionConfig{
 				Lock:            lock,
 				LeaseDuration:   LeaseDuration,
 				RenewDeadline:   RenewDeadline,
@@ -79,7 +80,14 @@ func (e *Elected) Start(context.Context) error {
 				ReleaseOnCancel: true,
 				Name:            e.Lease,
 				Callbacks: leaderelection.LeaderCallbacks{
-					OnStartedLeading: e.lead,
+					// A term ends when its components end, failed ones
+					// included: the lease is released for another server
+					// (or this one, after RetryPeriod) instead of held
+					// with nothing running.
+					OnStartedLeading: func(lctx context.Context) {
+						e.lead(lctx)
+						endTerm()
+					},
 					OnStoppedLeading: func() {},
 					OnNewLeader: func(id string) {
 						if id != e.Identity {
@@ -88,6 +96,7 @@ func (e *Elected) Start(context.Context) error {
 					},
 				},
 			})
+			endTerm()
 			select {
 			case <-ctx.Done():
 			case <-time.After(RetryPeriod):
