@@ -111,6 +111,20 @@ func CachedLayer(cacheDir string, entries []Entry) (v1.Layer, error) {
 	if err != nil {
 		return nil, err
 	}
+	return cachedTarLayer(cacheDir, data)
+}
+
+// CachedTarLayer is CachedLayer for a layer that is already a tar file
+// (e.g. a Debian root file system from mmdebstrap), taken as it is.
+func CachedTarLayer(cacheDir, tarFile string) (v1.Layer, error) {
+	data, err := os.ReadFile(tarFile)
+	if err != nil {
+		return nil, fmt.Errorf("reading layer: %w", err)
+	}
+	return cachedTarLayer(cacheDir, data)
+}
+
+func cachedTarLayer(cacheDir string, data []byte) (v1.Layer, error) {
 	if cacheDir == "" {
 		return compressLayer(data)
 	}

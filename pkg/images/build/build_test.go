@@ -2,7 +2,9 @@ package build
 
 import (
 	"archive/tar"
+	"crypto/sha256"
 	"encoding/json"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -247,5 +249,37 @@ func TestBadInput(t *testing.T) {
 	}
 	if _, err := WriteTarball(filepath.Join(t.TempDir(), "x.tar"), "berth.local/x", img); err == nil {
 		t.Error("WriteTarball accepted a reference without a tag")
+	}
+}
+
+// A tar file taken as a layer keeps its bytes (the diff ID is the file's
+// sha256), is cached by it, and a missing file is an error.
+func TestCachedTarLayer(t *testing.T) {
+	dir := t.TempDir()
+	data, err := layerTar([]Entry{File("/etc/os-release", 0o644, []byte("ID=test\n"))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "rootfs.tar")
+	if err := os.WriteFile(file, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cache := filepath.Join(dir, "cache")
+	want := fmt.Sprintf("sha256:%x", sha256.Sum256(data))
+	for i := range 2 { // made, then found in the cache
+		layer, err := CachedTarLayer(cache, file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := layer.DiffID()
+		if err != nil || d.String() != want {
+			t.Fatalf("run %d: diff ID %v, %v; want %s", i, d, err, want)
+		}
+		if cached, _ := filepath.Glob(filepath.Join(cache, "sha256-*.tar.gz")); len(cached) != 1 {
+			t.Fatalf("run %d: cache holds %q, want one layer", i, cached)
+		}
+	}
+	if _, err := CachedTarLayer(cache, filepath.Join(dir, "missing.tar")); err == nil {
+		t.Error("a missing tar file gave a layer")
 	}
 }
