@@ -52,7 +52,7 @@ FORCE:
 # Host packages berth's tests and nodes need (Debian/Ubuntu).
 deps:
 	@if command -v apt-get >/dev/null; then \
-	  arch=$$(dpkg --print-architecture); need=""; for p in gcc libc6-dev pkg-config libseccomp-dev iptables iproute2 procps conntrack ipset kmod shellcheck systemd curl postgresql mariadb-server; do \
+	  arch=$$(dpkg --print-architecture); need=""; for p in gcc libc6-dev pkg-config libseccomp-dev iptables iproute2 procps conntrack ipset kmod shellcheck systemd curl postgresql mariadb-server mmdebstrap; do \
 	    dpkg-query -W -f='$${Status} $${Architecture}\n' $$p 2>/dev/null | grep -Eq "install ok installed ($$arch|all)$$" || need="$$need $$p"; done; \
 	  if [ -n "$$need" ]; then \
 	    apt-get update -qq || echo "make deps: apt-get update failed for some index; trying with what it has" >&2; \
