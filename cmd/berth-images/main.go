@@ -24,6 +24,10 @@
 // download busybox-static`, once, into -cache; delete the cached .deb to
 // refresh it.
 //
+// With -set conformance it builds instead the images of the Kubernetes
+// conformance suite under their upstream names (conformance.go; make
+// conformance-images), bundled as -airgap DIR/berth-conformance-images-<arch>.tar.zst.
+//
 // Build-time tool only: berth never links it.
 package main
 
@@ -80,6 +84,11 @@ type builder struct {
 	arch     string // GOARCH of the images (-arch; the host's by default)
 
 	goVersion string // of goBin, read once
+
+	// The conformance set (-set conformance; conformance.go).
+	progs      string   // directory of the programs make conformance-tools built
+	k8sVersion string   // k8s.io/kubernetes version they were built from
+	debian     v1.Layer // the Debian root file system, made once per run
 }
 
 func main() {
@@ -92,18 +101,31 @@ func main() {
 	airgap := flag.String("airgap", "", "also write the air-gap bundle and its image list into this directory")
 	goBin := flag.String("go", "go", "the go command used to build the Go programs")
 	arch := flag.String("arch", runtime.GOARCH, "GOARCH of the images: amd64, arm64, arm (armhf) or riscv64")
+	set := flag.String("set", "berth", "which images: berth (berth's and its tests'), or conformance (the Kubernetes conformance suite's)")
+	progs := flag.String("progs", "build/conformance/bin", "-set conformance: directory of the programs `make conformance-tools` built")
+	k8sVersion := flag.String("k8s-version", "", "-set conformance: the k8s.io/kubernetes version those programs come from")
 	flag.Parse()
-	if err := run(*out, *cache, *binCache, *layers, *airgap, *goBin, *arch); err != nil {
+	b := &builder{goBin: *goBin, cache: *cache, binCache: *binCache, layers: *layers, arch: *arch,
+		progs: *progs, k8sVersion: *k8sVersion}
+	if err := run(b, *set, *out, *airgap); err != nil {
 		log.Fatal(err)
 	}
 }
 
-func run(out, cache, binCache, layers, airgap, goBin, arch string) error {
+func run(b *builder, set, out, airgap string) error {
 	if runtime.GOOS != "linux" {
 		return errors.New("images are built on Linux only (busybox comes from a Debian package)")
 	}
-	if _, ok := debArches[arch]; !ok {
-		return fmt.Errorf("unknown -arch %q: want one of amd64, arm64, arm, riscv64", arch)
+	if _, ok := debArches[b.arch]; !ok {
+		return fmt.Errorf("unknown -arch %q: want one of amd64, arm64, arm, riscv64", b.arch)
+	}
+	list, bundleName := images, "berth-airgap-images"
+	switch set {
+	case "berth":
+	case "conformance":
+		list, bundleName = conformanceImages, "berth-conformance-images"
+	default:
+		return fmt.Errorf("unknown -set %q: want berth or conformance", set)
 	}
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return fmt.Errorf("creating output directory: %w", err)
@@ -116,11 +138,11 @@ func run(out, cache, binCache, layers, airgap, goBin, arch string) error {
 	// The Go programs are cross-compiled (CGO off) and busybox comes from
 	// Debian's package for that architecture (another architecture's busybox
 	// runs here through qemu-user to list its applets).
-	b := &builder{goBin: goBin, cache: cache, binCache: binCache, layers: layers, work: work, arch: arch}
+	b.work = work
 
-	var list, bundleList strings.Builder
+	var refs, bundleList strings.Builder
 	bundle := map[string]v1.Image{}
-	for _, im := range images {
+	for _, im := range list {
 		img, err := im.build(b)
 		if err != nil {
 			return fmt.Errorf("%s: %w", im.ref, err)
@@ -134,27 +156,28 @@ func run(out, cache, binCache, layers, airgap, goBin, arch string) error {
 		if err := report(im.ref, file, img, changed); err != nil {
 			return err
 		}
-		fmt.Fprintln(&list, im.ref)
+		fmt.Fprintln(&refs, im.ref)
 		if im.airgap {
 			bundle[im.ref] = img
 			fmt.Fprintln(&bundleList, im.ref)
 		}
 	}
-	if err := writeIfChanged(filepath.Join(out, "images.txt"), []byte(list.String())); err != nil {
+	if err := writeIfChanged(filepath.Join(out, "images.txt"), []byte(refs.String())); err != nil {
 		return err
 	}
 	if airgap == "" {
 		return nil
 	}
-	return writeBundle(airgap, b.arch, bundle, bundleList.String())
+	return writeBundle(airgap, bundleName, b.arch, bundle, bundleList.String())
 }
 
-// writeBundle writes the air-gap bundle and the list of its images.
-func writeBundle(dir, arch string, images map[string]v1.Image, list string) error {
+// writeBundle writes the air-gap bundle <name>-<arch>.tar.zst and the list
+// of its images, <name>.txt (berth-images.txt for berth's own).
+func writeBundle(dir, name, arch string, images map[string]v1.Image, list string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("creating air-gap directory: %w", err)
 	}
-	file := filepath.Join(dir, "berth-airgap-images-"+arch+".tar.zst")
+	file := filepath.Join(dir, name+"-"+arch+".tar.zst")
 	changed, err := build.WriteBundle(file, images, bundleWindow)
 	if err != nil {
 		return err
@@ -169,7 +192,11 @@ func writeBundle(dir, arch string, images map[string]v1.Image, list string) erro
 	}
 	fmt.Printf("%-43s %-51s %6.2f MiB  %d images, zstd window %d MiB  %s\n", "air-gap bundle", file,
 		float64(fi.Size())/(1<<20), len(images), bundleWindow>>20, state)
-	return writeIfChanged(filepath.Join(dir, "berth-images.txt"), []byte(list))
+	listName := name + ".txt"
+	if name == "berth-airgap-images" {
+		listName = "berth-images.txt" // its name since issue 6
+	}
+	return writeIfChanged(filepath.Join(dir, listName), []byte(list))
 }
 
 func report(ref, file string, img v1.Image, changed bool) error {
@@ -418,6 +445,18 @@ func writeIfChanged(file string, data []byte) error {
 func runCmd(dir, name string, args ...string) error {
 	cmd := exec.Command(name, args...)
 	cmd.Dir = dir
+	return runIt(cmd)
+}
+
+// runCmdEnv runs a command in the current directory with env added.
+func runCmdEnv(env []string, name string, args ...string) error {
+	cmd := exec.Command(name, args...)
+	cmd.Env = append(os.Environ(), env...)
+	return runIt(cmd)
+}
+
+func runIt(cmd *exec.Cmd) error {
+	name, args := cmd.Args[0], cmd.Args[1:]
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
 		return fmt.Errorf("%s %s: %w", name, strings.Join(args, " "), err)
