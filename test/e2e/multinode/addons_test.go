@@ -80,9 +80,13 @@ func TestAddons(t *testing.T) {
 		// names end in a dot because busybox's nslookup asks only the
 		// search-list names for a bare one (pods' libc resolvers try the
 		// bare name last), and the image's other applets resolve through
-		// a static glibc without NSS modules.
+		// a static glibc without NSS modules. A node's entry reaches CoreDNS
+		// through its ConfigMap volume, which the kubelet refreshes at its
+		// periodic pod sync (about a minute, with jitter), then the hosts
+		// plugin's 5 s reload: 90 s was seen to be too short for the agent
+		// that had just joined.
 		for _, n := range []*Node{srv, agent} {
-			out := kubectlUntil(t, kc, n.IP, "exec", "-n", ns, "dns", "--", "nslookup", n.Name+".")
+			out := kubectlWithin(t, 3*time.Minute, kc, n.IP, "exec", "-n", ns, "dns", "--", "nslookup", n.Name+".")
 			if !strings.Contains(out, "Address: "+n.IP) {
 				t.Errorf("node %s: %s", n.Name, out)
 			}

@@ -308,9 +308,16 @@ func kubectl(kc string, args ...string) (string, error) {
 // (new pods and fresh tunnels may need a moment); the timeout guards hangs.
 func kubectlUntil(t *testing.T, kc, want string, args ...string) string {
 	t.Helper()
+	return kubectlWithin(t, 90*time.Second, kc, want, args...)
+}
+
+// kubectlWithin is kubectlUntil with a bound of its own, for what waits on
+// a slower mechanism.
+func kubectlWithin(t *testing.T, bound time.Duration, kc, want string, args ...string) string {
+	t.Helper()
 	var out string
 	var err error
-	for deadline := time.Now().Add(90 * time.Second); time.Now().Before(deadline); time.Sleep(time.Second) {
+	for deadline := time.Now().Add(bound); time.Now().Before(deadline); time.Sleep(time.Second) {
 		out, err = kubectl(kc, args...)
 		if err == nil && strings.Contains(out, want) {
 			return out
