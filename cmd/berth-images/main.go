@@ -290,6 +290,18 @@ func (b *builder) busybox() (v1.Image, error) {
 	if _, err := os.Stat(bin); err != nil { // a merged-/usr package
 		bin = filepath.Join(root, "usr/bin/busybox")
 	}
+	return b.busyboxImage(bin, "busybox-static", filepath.Join(root, "usr/share/doc/busybox-static/copyright"), map[string]string{
+		// The tag is the name tests use; this is what is inside.
+		"org.opencontainers.image.version":     version,
+		"org.opencontainers.image.description": "BusyBox from Debian busybox-static " + version,
+		"org.opencontainers.image.licenses":    "GPL-2.0-only",
+	})
+}
+
+// busyboxImage is a static busybox at /bin/busybox with a link per applet,
+// its licence text (/usr/share/doc/<doc>/copyright) and the few files a
+// shell image needs.
+func (b *builder) busyboxImage(bin, doc, copyright string, labels map[string]string) (v1.Image, error) {
 	if err := checkStatic(bin); err != nil {
 		return nil, err
 	}
@@ -306,8 +318,7 @@ func (b *builder) busybox() (v1.Image, error) {
 		// #!/usr/bin/env scripts are common; everything else is in /bin.
 		build.Symlink("/usr/bin/env", "../../bin/busybox"),
 		// The GPL notice travels with the binary.
-		build.HostFile("/usr/share/doc/busybox-static/copyright", 0o644,
-			filepath.Join(root, "usr/share/doc/busybox-static/copyright")),
+		build.HostFile("/usr/share/doc/"+doc+"/copyright", 0o644, copyright),
 		build.File("/etc/passwd", 0o644, []byte(
 			"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")),
 		build.File("/etc/group", 0o644, []byte("root:x:0:\nnobody:x:65534:\n")),
@@ -334,16 +345,7 @@ func (b *builder) busybox() (v1.Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	return build.Image(build.Config{
-		Cmd:          []string{"sh"},
-		Architecture: b.arch,
-		Labels: map[string]string{
-			// The tag is the name tests use; this is what is inside.
-			"org.opencontainers.image.version":     version,
-			"org.opencontainers.image.description": "BusyBox from Debian busybox-static " + version,
-			"org.opencontainers.image.licenses":    "GPL-2.0-only",
-		},
-	}, layer)
+	return build.Image(build.Config{Cmd: []string{"sh"}, Architecture: b.arch, Labels: labels}, layer)
 }
 
 // debArches maps GOARCH to Debian's architecture names.
