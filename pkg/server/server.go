@@ -450,7 +450,11 @@ func (s *Server) apiserverDefaults() map[string]string {
 	cfg, f := s.cfg, s.files
 	issuer := "https://kubernetes.default.svc." + cfg.ClusterDomain
 	return map[string]string{
-		"advertise-address":                  cfg.advertiseIP.String(),
+		"advertise-address": cfg.advertiseIP.String(),
+		// URLs the apiserver hands out (the OIDC discovery document's
+		// jwks_uri, /api's serverAddressByClientCIDRs) would otherwise name
+		// its own loopback-only port; clients reach it through the public one.
+		"external-hostname":                  net.JoinHostPort(cfg.advertiseIP.String(), strconv.Itoa(cfg.HTTPSListenPort)),
 		"bind-address":                       "127.0.0.1",
 		"secure-port":                        strconv.Itoa(cfg.APIServerPort),
 		"storage-backend":                    "etcd3",

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -105,6 +106,36 @@ func TestServerLifecycle(t *testing.T) {
 		api := "https://127.0.0.1:" + strconv.Itoa(s.apiPort)
 		if code, _ := get(t, client, api+"/api/v1/namespaces", nil); code != http.StatusUnauthorized {
 			t.Errorf("anonymous request to the apiserver port: %d, want 401", code)
+		}
+	})
+
+	// The apiserver listens on loopback only; what it tells clients to use
+	// must be the public port (the conformance test of OIDC discovery
+	// fetches jwks_uri from a pod).
+	t.Run("externalized URLs name the public port", func(t *testing.T) {
+		public := ":" + strconv.Itoa(s.httpsPort)
+		raw, err := cs.Discovery().RESTClient().Get().AbsPath("/.well-known/openid-configuration").DoRaw(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var doc struct {
+			JWKSURI string `json:"jwks_uri"`
+		}
+		if err := json.Unmarshal(raw, &doc); err != nil || !strings.HasSuffix(doc.JWKSURI, public+"/openid/v1/jwks") {
+			t.Errorf("OIDC discovery jwks_uri %q (%v), want one on port %d", doc.JWKSURI, err, s.httpsPort)
+		}
+		raw, err = cs.Discovery().RESTClient().Get().AbsPath("/api").DoRaw(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var api metav1.APIVersions
+		if err := json.Unmarshal(raw, &api); err != nil || len(api.ServerAddressByClientCIDRs) == 0 {
+			t.Fatalf("/api: %v, %s", err, raw)
+		}
+		for _, a := range api.ServerAddressByClientCIDRs {
+			if !strings.HasSuffix(a.ServerAddress, public) {
+				t.Errorf("/api serverAddressByClientCIDRs %q, want port %d", a.ServerAddress, s.httpsPort)
+			}
 		}
 	})
 
