@@ -13,7 +13,8 @@
 #  3. ginkgo runs e2e.test twice: the parallel pass ([Conformance] without
 #     [Serial]) and the serial pass ([Serial] and [Conformance]);
 #  4. JUnit and logs go to $CONFORMANCE_OUT/{parallel,serial,logs}, and
-#     $CONFORMANCE_OUT/summary.txt ends with "N passed, M failed, K skipped".
+#     $CONFORMANCE_OUT/summary.txt ends with "N passed, M failed, K skipped";
+#     the exit status is 0 only if every pass passed.
 #
 # Everything it starts is stopped at exit, also on failure or ^C: nodes,
 # their pods and shims, namespaces, bridge, registry, kernel tunables.
@@ -159,3 +160,7 @@ for n in server agent; do cp "$work/$n/log" "$out/logs/$n.log" 2>/dev/null || tr
 (cd "$repo/test/conformance" && GOWORK=off GOFLAGS=-mod=readonly go run ./summary \
   -passes "$out/passes" "$out/parallel" "$out/serial") > "$out/summary.txt"
 cat "$out/summary.txt"
+# A pass with failures (or one that did not finish) fails the run.
+if awk '$3 != 0 {bad=1} END {exit !bad}' "$out/passes"; then
+  die "a pass failed: see $out/summary.txt and $out/logs"
+fi
