@@ -157,8 +157,10 @@ done
 
 # The nodes' logs travel with the report.
 for n in server agent; do cp "$work/$n/log" "$out/logs/$n.log" 2>/dev/null || true; done
-(cd "$repo/test/conformance" && GOWORK=off GOFLAGS=-mod=readonly go run ./summary \
-  -passes "$out/passes" "$out/parallel" "$out/serial") > "$out/summary.txt"
+(cd "$repo/test/conformance" && export GOWORK=off GOFLAGS=-mod=readonly &&
+  go run ./summary -passes "$out/passes" \
+    -suite "$(go list -m -f '{{.Dir}}' k8s.io/kubernetes)/test/conformance/testdata/conformance.yaml" \
+    "$out/parallel" "$out/serial") > "$out/summary.txt"
 cat "$out/summary.txt"
 # A pass with failures (or one that did not finish) fails the run.
 if awk '$3 != 0 {bad=1} END {exit !bad}' "$out/passes"; then

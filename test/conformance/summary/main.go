@@ -7,9 +7,11 @@
 //
 // counting conformance tests only (names with [Conformance]). A test that
 // ran in one pass and was skipped by the other's focus counts once, by the
-// pass that ran it.
+// pass that ran it. With -suite (the conformance.yaml of the k8s.io/kubernetes
+// module e2e.test comes from) it also names the suite's tests that are in
+// no report.
 //
-//	summary -passes dist/conformance/passes dist/conformance/parallel dist/conformance/serial
+//	summary -suite conformance.yaml -passes dist/conformance/passes dist/conformance/parallel dist/conformance/serial
 package main
 
 import (
@@ -22,12 +24,9 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-)
 
-// conformanceTotal is the number of conformance tests of the Kubernetes
-// version e2e.test comes from (test/conformance/testdata/conformance.yaml
-// of k8s.io/kubernetes v1.36.3).
-const conformanceTotal = 446
+	"sigs.k8s.io/yaml"
+)
 
 type testcase struct {
 	Name    string    `xml:"name,attr"`
@@ -60,13 +59,14 @@ func main() {
 	log.SetFlags(0)
 	log.SetPrefix("summary: ")
 	passes := flag.String("passes", "", "file of `name seconds exit-status` lines, one per pass")
+	suite := flag.String("suite", "", "the suite's conformance.yaml (test/conformance/testdata in k8s.io/kubernetes)")
 	flag.Parse()
-	if err := run(*passes, flag.Args()); err != nil {
+	if err := run(*passes, *suite, flag.Args()); err != nil {
 		log.Fatal(err)
 	}
 }
 
-func run(passesFile string, dirs []string) error {
+func run(passesFile, suiteFile string, dirs []string) error {
 	if passesFile != "" {
 		if data, err := os.ReadFile(passesFile); err == nil {
 			sc := bufio.NewScanner(strings.NewReader(string(data)))
@@ -100,7 +100,7 @@ func run(passesFile string, dirs []string) error {
 					if !strings.Contains(c.Name, "[Conformance]") {
 						continue
 					}
-					name := strings.TrimPrefix(c.Name, "[It] ")
+					name := strings.Join(strings.Fields(strings.TrimPrefix(c.Name, "[It] ")), " ")
 					r := passed
 					switch {
 					case c.Failure != nil || c.Error != nil:
@@ -135,8 +135,29 @@ func run(passesFile string, dirs []string) error {
 			fmt.Printf("  %s\n      %s\n", name, why[name])
 		}
 	}
-	if seen := len(status); seen != conformanceTotal {
-		fmt.Printf("%d conformance tests in the reports, %d in the suite (a focus was set, or a pass did not finish)\n", seen, conformanceTotal)
+	if suiteFile != "" {
+		data, err := os.ReadFile(suiteFile)
+		if err != nil {
+			return err
+		}
+		var suite []struct {
+			Codename string `json:"codename"`
+		}
+		if err := yaml.Unmarshal(data, &suite); err != nil {
+			return fmt.Errorf("%s: %w", suiteFile, err)
+		}
+		var missing []string
+		for _, t := range suite {
+			if _, ok := status[strings.Join(strings.Fields(t.Codename), " ")]; !ok {
+				missing = append(missing, t.Codename)
+			}
+		}
+		if len(missing) > 0 {
+			fmt.Printf("not run (%d of the suite's %d; a focus was set, or a pass did not finish):\n", len(missing), len(suite))
+			for _, name := range missing {
+				fmt.Printf("  %s\n", name)
+			}
+		}
 	}
 	fmt.Printf("%d passed, %d failed, %d skipped\n", n[passed], n[failed], n[skipped])
 	return nil
