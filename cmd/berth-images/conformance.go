@@ -86,25 +86,16 @@ func (b *builder) debianRootfs() (v1.Layer, error) {
 	}
 	key := fmt.Sprintf("mmdebstrap %s %s\n", debianSuite, strings.Join(args, " "))
 	file := filepath.Join(b.binCache, fmt.Sprintf("debian-%s-conformance-%s.tar", debianSuite, b.arch))
-	if old, err := os.ReadFile(file + ".key"); err != nil || string(old) != key {
+	err := b.cachedFile(file, key, 0o644, func() (string, error) {
 		if _, err := exec.LookPath("mmdebstrap"); err != nil {
-			return nil, fmt.Errorf("the conformance images need mmdebstrap (apt-get install mmdebstrap): %w", err)
-		}
-		if err := os.MkdirAll(b.binCache, 0o755); err != nil {
-			return nil, err
+			return "", fmt.Errorf("the conformance images need mmdebstrap (apt-get install mmdebstrap): %w", err)
 		}
 		tmp := filepath.Join(b.work, "debian.tar")
 		fmt.Fprintf(os.Stderr, "berth-images: mmdebstrap %s (%s) with %s\n", debianSuite, debArch, strings.Join(debianPackages, " "))
-		if err := runCmd("", "mmdebstrap", append(args, debianSuite, tmp)...); err != nil {
-			return nil, err
-		}
-		os.Remove(file + ".key")
-		if err := moveFile(tmp, file); err != nil {
-			return nil, err
-		}
-		if err := writeIfChanged(file+".key", []byte(key)); err != nil {
-			return nil, err
-		}
+		return tmp, runCmd("", "mmdebstrap", append(args, debianSuite, tmp)...)
+	})
+	if err != nil {
+		return nil, err
 	}
 	layer, err := build.CachedTarLayer(b.layers, file)
 	if err != nil {
@@ -252,43 +243,31 @@ HOME_URL="https://www.debian.org/"
 func (b *builder) kitten() (v1.Image, error)   { return b.webImage("kitten") }
 func (b *builder) nautilus() (v1.Image, error) { return b.webImage("nautilus") }
 
-// nginx serves Debian's default page on :80, as the tests need.
-func (b *builder) nginx() (v1.Image, error) {
+// debianImage is the Debian root file system alone, with cfg; what says
+// what else makes it this image.
+func (b *builder) debianImage(cfg build.Config, what string) (v1.Image, error) {
 	base, err := b.debianRootfs()
 	if err != nil {
 		return nil, err
 	}
-	return build.Image(build.Config{
-		Cmd:          []string{"nginx", "-g", "daemon off;"},
-		ExposedPorts: []string{"80/tcp"},
-		Architecture: b.arch,
-		Labels:       map[string]string{"org.opencontainers.image.description": "Debian " + debianSuite + " nginx-light"},
-	}, base)
+	cfg.Architecture = b.arch
+	cfg.Labels = map[string]string{"org.opencontainers.image.description": "Debian " + debianSuite + what}
+	return build.Image(cfg, base)
+}
+
+// nginx serves Debian's default page on :80, as the tests need.
+func (b *builder) nginx() (v1.Image, error) {
+	return b.debianImage(build.Config{Cmd: []string{"nginx", "-g", "daemon off;"}, ExposedPorts: []string{"80/tcp"}}, " nginx-light")
 }
 
 // glibcDNSTesting is a glibc system with dig and getent.
 func (b *builder) glibcDNSTesting() (v1.Image, error) {
-	base, err := b.debianRootfs()
-	if err != nil {
-		return nil, err
-	}
-	return build.Image(build.Config{
-		Architecture: b.arch,
-		Labels:       map[string]string{"org.opencontainers.image.description": "Debian " + debianSuite + " with bind9-dnsutils"},
-	}, base)
+	return b.debianImage(build.Config{}, " with bind9-dnsutils")
 }
 
 // nonroot runs as uid 1234 by default.
 func (b *builder) nonroot() (v1.Image, error) {
-	base, err := b.debianRootfs()
-	if err != nil {
-		return nil, err
-	}
-	return build.Image(build.Config{
-		User:         "1234",
-		Architecture: b.arch,
-		Labels:       map[string]string{"org.opencontainers.image.description": "Debian " + debianSuite + ", USER 1234"},
-	}, base)
+	return b.debianImage(build.Config{User: "1234"}, ", USER 1234")
 }
 
 // BusyBox as upstream releases it, for the suite's busybox image (upstream
@@ -313,7 +292,7 @@ var crossCompile = map[string]string{
 }
 
 func (b *builder) busyboxUpstream() (v1.Image, error) {
-	src, err := b.download1(busyboxURL, busyboxSHA256)
+	src, err := b.fetchChecked(busyboxURL, busyboxSHA256)
 	if err != nil {
 		return nil, err
 	}
@@ -332,41 +311,32 @@ func (b *builder) busyboxUpstream() (v1.Image, error) {
 	if err := runCmd(b.work, "tar", "-xjf", src); err != nil {
 		return nil, err
 	}
-	if old, err := os.ReadFile(bin + ".key"); err != nil || string(old) != key {
+	err = b.cachedFile(bin, key, 0o755, func() (string, error) {
 		fmt.Fprintf(os.Stderr, "berth-images: building busybox %s (defconfig, static)\n", busyboxVersion)
 		if err := runCmd(dir, "make", "defconfig"); err != nil {
-			return nil, err
+			return "", err
 		}
 		cfgFile := filepath.Join(dir, ".config")
 		cfg, err := os.ReadFile(cfgFile)
 		if err != nil {
-			return nil, err
+			return "", err
 		}
 		c := strings.Replace(string(cfg), "# CONFIG_STATIC is not set", "CONFIG_STATIC=y", 1)
 		c = strings.Replace(c, "CONFIG_TC=y", "# CONFIG_TC is not set", 1)
 		if err := os.WriteFile(cfgFile, []byte(c), 0o644); err != nil {
-			return nil, err
+			return "", err
 		}
 		args := []string{fmt.Sprintf("-j%d", runtime.NumCPU())}
 		if cross != "" {
 			args = append(args, "CROSS_COMPILE="+cross)
 		}
 		if err := runCmd(dir, "make", args...); err != nil {
-			return nil, fmt.Errorf("%w (busybox needs gcc and make; another architecture its cross gcc: make deps)", err)
+			return "", fmt.Errorf("%w (busybox needs gcc and make; another architecture its cross gcc: make deps)", err)
 		}
-		if err := os.MkdirAll(b.binCache, 0o755); err != nil {
-			return nil, err
-		}
-		os.Remove(bin + ".key")
-		if err := moveFile(filepath.Join(dir, "busybox"), bin); err != nil {
-			return nil, err
-		}
-		if err := os.Chmod(bin, 0o755); err != nil {
-			return nil, err
-		}
-		if err := writeIfChanged(bin+".key", []byte(key)); err != nil {
-			return nil, err
-		}
+		return filepath.Join(dir, "busybox"), nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	return b.busyboxImage(bin, "busybox", filepath.Join(dir, "LICENSE"), map[string]string{
 		"org.opencontainers.image.version":     busyboxVersion,
@@ -375,9 +345,9 @@ func (b *builder) busyboxUpstream() (v1.Image, error) {
 	})
 }
 
-// download1 returns the file at url, kept in the package cache, after
+// fetchChecked returns the file at url, kept in the package cache, after
 // checking its sha256 (a cached copy is checked too).
-func (b *builder) download1(url, sum string) (string, error) {
+func (b *builder) fetchChecked(url, sum string) (string, error) {
 	file := filepath.Join(b.cache, path.Base(url))
 	if got, err := fileSum(file); err == nil && got == sum {
 		return file, nil

@@ -211,44 +211,56 @@ func (b *builder) goModule(p program) (string, module, error) {
 		key += "main module " + sum + "\n"
 	}
 	bin := filepath.Join(b.binCache, fmt.Sprintf("%s-%s-%s", p.name, p.version, b.arch))
-	if old, err := os.ReadFile(bin + ".key"); err == nil && string(old) == key {
-		if _, err := os.Stat(bin); err == nil {
-			return bin, m, nil
+	err = b.cachedFile(bin, key, 0o755, func() (string, error) {
+		tmp := filepath.Join(b.work, p.name)
+		fmt.Fprintf(os.Stderr, "berth-images: building %s from %s@%s\n", p.name, m.Path, m.Version)
+		cmd := exec.Command(b.goBin, append(args, "-o", tmp, pkg)...)
+		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), env...)
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			return "", fmt.Errorf("building %s from %s@%s: %w", p.pkg, m.Path, m.Version, err)
 		}
-	}
+		if err := checkStatic(tmp); err != nil {
+			return "", err
+		}
+		if p.check != nil {
+			if err := p.check(tmp); err != nil {
+				return "", err
+			}
+		}
+		return tmp, nil
+	})
+	return bin, m, err
+}
 
-	if err := os.MkdirAll(b.binCache, 0o755); err != nil {
-		return "", m, fmt.Errorf("creating binary cache: %w", err)
-	}
-	tmp := filepath.Join(b.work, p.name)
-	fmt.Fprintf(os.Stderr, "berth-images: building %s from %s@%s\n", p.name, m.Path, m.Version)
-	cmd := exec.Command(b.goBin, append(args, "-o", tmp, pkg)...)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Run(); err != nil {
-		return "", m, fmt.Errorf("building %s from %s@%s: %w", p.pkg, m.Path, m.Version, err)
-	}
-	if err := checkStatic(tmp); err != nil {
-		return "", m, err
-	}
-	if p.check != nil {
-		if err := p.check(tmp); err != nil {
-			return "", m, err
+// cachedFile makes file in binCache with make (which returns where it put
+// the result) unless file's key file says it was made from exactly key.
+// The key goes last: a file without its key is made again, never trusted.
+func (b *builder) cachedFile(file, key string, mode os.FileMode, make func() (string, error)) error {
+	if old, err := os.ReadFile(file + ".key"); err == nil && string(old) == key {
+		if _, err := os.Stat(file); err == nil {
+			return nil
 		}
 	}
-	// The key goes last: a binary without its key is rebuilt, never trusted.
-	os.Remove(bin + ".key")
-	if err := moveFile(tmp, bin); err != nil {
-		return "", m, fmt.Errorf("caching %s: %w", p.name, err)
+	if err := os.MkdirAll(b.binCache, 0o755); err != nil {
+		return fmt.Errorf("creating binary cache: %w", err)
 	}
-	if err := os.Chmod(bin, 0o755); err != nil {
-		return "", m, fmt.Errorf("caching %s: %w", p.name, err)
+	made, err := make()
+	if err != nil {
+		return err
 	}
-	if err := writeIfChanged(bin+".key", []byte(key)); err != nil {
-		return "", m, fmt.Errorf("caching %s: %w", p.name, err)
+	os.Remove(file + ".key")
+	if err := moveFile(made, file); err != nil {
+		return fmt.Errorf("caching %s: %w", file, err)
 	}
-	return bin, m, nil
+	if err := os.Chmod(file, mode); err != nil {
+		return fmt.Errorf("caching %s: %w", file, err)
+	}
+	if err := writeIfChanged(file+".key", []byte(key)); err != nil {
+		return fmt.Errorf("caching %s: %w", file, err)
+	}
+	return nil
 }
 
 // download fetches a module version into the module cache (a no-op when it
